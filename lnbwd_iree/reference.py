@@ -1,0 +1,40 @@
+"""Float64 NumPy reference of LayerNorm forward and backward over the last dim."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def forward_reference(x, gamma, beta, eps: float = 1e-5):
+    """(y, mean, rstd) in float64; mean/rstd have x's leading dims."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=-1)
+    centred = x - mean[..., None]
+    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1) + eps)
+    y = centred * rstd[..., None] * np.asarray(gamma, np.float64) + np.asarray(beta, np.float64)
+    return y, mean, rstd
+
+
+def backward_reference(dy, x, gamma, mean, rstd):
+    """(dX, dgamma, dbeta) in float64 from the saved statistics.
+
+    dX uses the per-row means of g = gamma * dY and g * x_hat (not the column
+    sums dbeta/dgamma that Composable Kernel's example 53 README writes)."""
+    dy = np.asarray(dy, np.float64)
+    x = np.asarray(x, np.float64)
+    gamma = np.asarray(gamma, np.float64)
+    mean = np.asarray(mean, np.float64).reshape(x.shape[:-1])[..., None]
+    rstd = np.asarray(rstd, np.float64).reshape(x.shape[:-1])[..., None]
+    x_hat = (x - mean) * rstd
+    g = dy * gamma
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return dx, (dy * x_hat).sum(axis=rows), dy.sum(axis=rows)
+
+
+def relative_error(actual, expected) -> float:
+    """||actual - expected|| / ||expected|| in float64 (NaN if actual has NaN)."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    denom = np.linalg.norm(expected.ravel())
+    return float(np.linalg.norm((actual - expected).ravel()) / (denom if denom > 0 else 1.0))

@@ -1,0 +1,206 @@
+"""Runs the compiled kernels on one IREE device, keeping data on the device.
+
+``LayerNormKernels(device)`` opens the device once, loads each artifact once
+(one VM context per module, all sharing the device's HAL module) and takes and
+returns ``iree.runtime.DeviceArray``s, so a training loop makes no host round
+trip. NumPy inputs are uploaded; call ``.to_host()`` on results to read them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+from iree import runtime as ireert
+
+from .cache import ArtifactStore
+from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Kernel, Specialization
+from .targets import DRIVER_BACKEND, target_for
+
+NUMPY_DTYPES = {
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float16): "f16",
+    np.dtype(ml_dtypes.bfloat16): "bf16",
+}
+STORAGE_DTYPES = {name: dtype for dtype, name in NUMPY_DTYPES.items()}
+
+
+def open_device(driver: str) -> ireert.HalDevice:
+    """The first device of ``driver``, with an error that names what is missing."""
+    if driver not in DRIVER_BACKEND:
+        raise ValueError(f"unknown device {driver!r}; expected one of {sorted(DRIVER_BACKEND)}")
+    if driver not in ireert.query_available_drivers():
+        raise RuntimeError(f"this iree-base-runtime build has no {driver!r} driver")
+    try:
+        devices = ireert.get_driver(driver).query_available_devices()
+    except RuntimeError as e:
+        raise RuntimeError(f"device {driver!r}: its driver could not start ({e})") from e
+    if not devices:
+        raise RuntimeError(f"device {driver!r}: the driver is present but found no device")
+    return ireert.get_device(driver)
+
+
+def storage_dtype(name: str, array) -> str:
+    dtype = np.dtype(array.dtype)
+    if dtype not in NUMPY_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {dtype}; supported are float32, float16 and bfloat16 (ml_dtypes.bfloat16)"
+        )
+    return NUMPY_DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated call: the storage dtype and the [M, N] view of the inputs."""
+
+    dtype: str
+    m: int
+    n: int
+    batch_shape: tuple[int, ...]  # leading dims of X, flattened into M
+
+
+def check_rows(x_name: str, x) -> tuple[tuple[int, ...], int, int]:
+    shape = tuple(int(d) for d in x.shape)
+    if len(shape) < 2:
+        raise ValueError(f"{x_name} must have at least 2 dims [..., N], got shape {shape}")
+    n = shape[-1]
+    if n == 0:
+        raise ValueError(f"{x_name} has N == 0 (last dim): LayerNorm over an empty row is undefined")
+    return shape[:-1], int(np.prod(shape[:-1], dtype=np.int64)), n
+
+
+def check_problem(rows: dict, vectors_n: dict, vectors_m: dict) -> Problem:
+    """Validates shapes and dtypes. ``rows``: name -> [..., N] arrays that must
+    agree; ``vectors_n``: name -> [N] arrays; ``vectors_m``: name -> f32 stats, one per row."""
+    (first_name, first), *others = rows.items()
+    batch_shape, m, n = check_rows(first_name, first)
+    dtype = storage_dtype(first_name, first)
+    for name, array in others:
+        if tuple(array.shape) != tuple(first.shape):
+            raise ValueError(f"{name} has shape {tuple(array.shape)} but {first_name} has {tuple(first.shape)}")
+    for name, array in [*others, *vectors_n.items()]:
+        if storage_dtype(name, array) != dtype:
+            raise TypeError(f"{name} has dtype {np.dtype(array.dtype)} but {first_name} has {np.dtype(first.dtype)}")
+    for name, array in vectors_n.items():
+        if tuple(array.shape) != (n,):
+            raise ValueError(f"{name} must have shape ({n},) to match the last dim of {first_name}, got {tuple(array.shape)}")
+    for name, array in vectors_m.items():
+        if np.dtype(array.dtype) != np.float32:
+            raise TypeError(f"{name} must be float32 (statistics are kept in f32), got {np.dtype(array.dtype)}")
+        if tuple(array.shape) not in (batch_shape, (*batch_shape, 1), (m,)):
+            raise ValueError(
+                f"{name} must have shape {batch_shape} (one value per row of {first_name}), got {tuple(array.shape)}"
+            )
+    return Problem(dtype, m, n, batch_shape)
+
+
+def check_eps(eps) -> float:
+    eps = float(eps)
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    return eps
+
+
+class LayerNormKernels:
+    """The LayerNorm kernels bound to one device.
+
+    ``device``: an IREE driver name (local-task, local-sync, cuda, hip, vulkan).
+    ``chip``: GPU architecture for cuda/hip (default sm_80 / gfx942).
+    ``backend``: "vmvx" runs the local drivers on IREE's portable VM backend.
+    ``artifact_dir``: a folder made by ``lnbwd-iree compile --out``, searched
+    before the cache; with it a deployment needs no compiler.
+    """
+
+    def __init__(
+        self,
+        device: str = "local-task",
+        *,
+        chip: str | None = None,
+        backend: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        artifact_dir: str | os.PathLike | None = None,
+    ):
+        self.target = target_for(device, chip, backend)
+        self.driver = device
+        self.device = open_device(device)
+        self.store = ArtifactStore(cache_dir, [artifact_dir] if artifact_dir is not None else [])
+        self._instance = ireert.VmInstance()
+        self._hal_module = ireert.create_hal_module(self._instance, self.device)
+        self._functions: dict[tuple[Specialization, str], ireert.FunctionInvoker] = {}
+
+    def function(self, kernel: Kernel, dtype: str, name: str) -> ireert.FunctionInvoker:
+        """The entry point ``name`` of ``kernel``'s dynamic-shape artifact, loaded once."""
+        spec = Specialization(kernel, dtype)
+        key = (spec, name)
+        if key not in self._functions:
+            path = self.store.get(spec, self.target)
+            vm_module = ireert.VmModule.copy_buffer(self._instance, path.read_bytes())
+            context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
+            for fn_name in kernel.functions:
+                self._functions[(spec, fn_name)] = ireert.FunctionInvoker(
+                    context, self.device, vm_module.lookup_function(fn_name)
+                )
+        return self._functions[key]
+
+    def to_device(self, array) -> ireert.DeviceArray:
+        """Uploads a NumPy array (C-contiguous copy) to this device."""
+        if isinstance(array, ireert.DeviceArray):
+            return array
+        return ireert.asdevicearray(self.device, np.ascontiguousarray(array), implicit_host_transfer=True)
+
+    def empty(self, shape, dtype) -> ireert.DeviceArray:
+        return self.to_device(np.zeros(shape, dtype))
+
+    def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
+        """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
+        if isinstance(array, ireert.DeviceArray):
+            if tuple(array.shape) == shape:
+                return array
+            # DeviceArray.reshape goes through the host; a new view of the same buffer does not.
+            view = array._buffer_view
+            return ireert.DeviceArray(
+                self.device,
+                ireert.HalBufferView(view.get_buffer(), list(shape), view.element_type),
+                implicit_host_transfer=True,
+            )
+        return self.to_device(np.reshape(array, shape))
+
+    def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5):
+        """dX, dgamma, dbeta as device arrays. ``mean``/``rstd`` are the forward's
+        f32 statistics; when both are None they are recomputed from X with ``eps``."""
+        if (mean is None) != (rstd is None):
+            raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
+        stats = {} if mean is None else {"mean": mean, "rstd": rstd}
+        problem = check_problem({"dy": dy, "x": x}, {"gamma": gamma}, stats)
+        eps = check_eps(eps)
+        storage = STORAGE_DTYPES[problem.dtype]
+        if problem.m == 0:
+            # torch's convention for an empty batch: empty dX, zero parameter grads.
+            zeros = np.zeros(problem.n, storage)
+            return self.empty(tuple(x.shape), storage), self.to_device(zeros), self.to_device(zeros)
+        mn = (problem.m, problem.n)
+        args = [self._as_matrix(dy, mn), self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,))]
+        if mean is None:
+            fn = self.function(LAYERNORM_BACKWARD, problem.dtype, "layernorm_backward_recompute")
+            dx, dgamma, dbeta = fn(*args, eps)
+        else:
+            fn = self.function(LAYERNORM_BACKWARD, problem.dtype, "layernorm_backward")
+            dx, dgamma, dbeta = fn(*args, self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,)))
+        return self._as_matrix(dx, tuple(x.shape)), dgamma, dbeta
+
+    def forward(self, x, gamma, beta, *, eps: float = 1e-5):
+        """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading dims."""
+        problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
+        eps = check_eps(eps)
+        if problem.m == 0:
+            empty_stats = self.empty(problem.batch_shape, np.float32)
+            return self.empty(tuple(x.shape), STORAGE_DTYPES[problem.dtype]), empty_stats, empty_stats
+        mn = (problem.m, problem.n)
+        fn = self.function(LAYERNORM_FORWARD, problem.dtype, "layernorm_forward")
+        y, mean, rstd = fn(self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps)
+        return (
+            self._as_matrix(y, tuple(x.shape)),
+            self._as_matrix(mean, problem.batch_shape),
+            self._as_matrix(rstd, problem.batch_shape),
+        )

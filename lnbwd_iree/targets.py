@@ -1,0 +1,93 @@
+"""Compilation targets: which IREE backend and chip an artifact is built for,
+and which runtime drivers can run it."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str  # IREE HAL target backend
+    chip: str  # GPU architecture, or "host"/"generic" for CPU-like backends
+    drivers: tuple[str, ...]  # runtime drivers able to run the artifact
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.chip}"
+
+    def flags(self) -> tuple[str, ...]:
+        flags = [f"--iree-hal-target-backends={self.backend}"]
+        if self.backend == "rocm":
+            flags.append(f"--iree-rocm-target={self.chip}")
+        elif self.backend == "cuda":
+            flags.append(f"--iree-cuda-target={self.chip}")
+        elif self.backend == "llvm-cpu":
+            flags += [f"--iree-llvmcpu-target-cpu={self.chip}"]
+        return tuple(flags)
+
+    def identity(self) -> str:
+        """What besides the flags decides the artifact's code: for llvm-cpu
+        "host", the CPU the compiler ran on, since "host" means that machine."""
+        if self.backend == "llvm-cpu" and self.chip == "host":
+            return f"{self.name}:{host_cpu_fingerprint()}"
+        return self.name
+
+
+def host_cpu_fingerprint() -> str:
+    """A short hash of this machine's architecture and CPU feature flags."""
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith(("flags", "Features", "model name")):
+                flags += line
+    text = f"{platform.machine()}|{flags}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+ROCM_CHIPS = ("gfx942", "gfx90a", "gfx1100")
+# IREE 3.13 has no sm_90 target ("missing GPU target"); sm_80/sm_89 PTX runs on Hopper.
+CUDA_CHIPS = ("sm_80", "sm_89")
+
+LLVM_CPU_HOST = Target("llvm-cpu", "host", ("local-task", "local-sync"))
+VMVX = Target("vmvx", "generic", ("local-task", "local-sync"))
+
+# Everything `lnbwd-iree compile` builds.
+TARGET_MATRIX: tuple[Target, ...] = (
+    *(Target("rocm", chip, ("hip",)) for chip in ROCM_CHIPS),
+    *(Target("cuda", chip, ("cuda",)) for chip in CUDA_CHIPS),
+    LLVM_CPU_HOST,
+    VMVX,
+)
+
+# The target a runtime driver uses when the caller names no chip.
+DEFAULT_CHIP = {"hip": "gfx942", "cuda": "sm_80", "vulkan": "generic"}
+
+DRIVER_BACKEND = {
+    "local-task": "llvm-cpu",
+    "local-sync": "llvm-cpu",
+    "cuda": "cuda",
+    "hip": "rocm",
+    "vulkan": "vulkan-spirv",
+}
+
+
+def target_for(driver: str, chip: str | None = None, backend: str | None = None) -> Target:
+    """The target whose artifacts run on ``driver``.
+
+    ``backend`` picks among backends a driver can run (``vmvx`` on the local
+    drivers); ``chip`` picks the GPU architecture (default: ``DEFAULT_CHIP``)."""
+    if driver not in DRIVER_BACKEND:
+        raise ValueError(f"unknown device driver {driver!r}; expected one of {sorted(DRIVER_BACKEND)}")
+    backend = backend or DRIVER_BACKEND[driver]
+    if backend in ("llvm-cpu", "vmvx"):
+        if driver not in ("local-task", "local-sync"):
+            raise ValueError(f"backend {backend!r} runs on local-task or local-sync, not {driver!r}")
+        return LLVM_CPU_HOST if backend == "llvm-cpu" else VMVX
+    if backend != DRIVER_BACKEND[driver]:
+        raise ValueError(f"driver {driver!r} runs backend {DRIVER_BACKEND[driver]!r}, not {backend!r}")
+    return Target(backend, chip or DEFAULT_CHIP[driver], (driver,))

@@ -1,0 +1,69 @@
+"""Renders the MLIR templates in ``mlir/`` into concrete, specialised sources.
+
+A template is real MLIR with three kinds of holes:
+
+* ``{FIELD}`` (upper-case name): replaced by a value (``{T}``, ``{M}``, ``{N}``)
+  or by another template file (``{ROW_STATISTICS}`` -> ``row_statistics.mlir``).
+* ``%a = widen %b`` lines: ``arith.extf`` from the storage type to f32.
+* ``%a = narrow %b`` lines: ``arith.truncf`` from f32 to the storage type.
+
+For f32 storage the conversions would be no-ops that MLIR does not accept
+(extf f32 -> f32 is invalid), so those lines are dropped and the converted
+name is renamed to its source throughout the function body.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+_FIELD = re.compile(r"\{([A-Z_]+)\}")
+_CONVERSION = re.compile(r"^(?P<indent>\s*)(?P<dst>%\w+) = (?P<op>widen|narrow) (?P<src>%\w+)\s*$")
+
+# Fields that name another template file rather than a value.
+_INCLUDES = {"ROW_STATISTICS": "row_statistics.mlir"}
+
+
+def read_template(name: str) -> str:
+    """Returns the text of ``mlir/<name>`` as shipped with the package."""
+    return resources.files("lnbwd_iree.mlir").joinpath(name).read_text()
+
+
+def _apply_conversions(text: str, storage_type: str) -> str:
+    out_lines = []
+    renames: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _CONVERSION.match(line)
+        if match is None:
+            out_lines.append(line)
+            continue
+        dst, src, op, indent = match["dst"], match["src"], match["op"], match["indent"]
+        if storage_type == "f32":
+            renames[dst] = src
+        elif op == "widen":
+            out_lines.append(f"{indent}{dst} = arith.extf {src} : {storage_type} to f32")
+        else:
+            out_lines.append(f"{indent}{dst} = arith.truncf {src} : f32 to {storage_type}")
+    result = "\n".join(out_lines) + "\n"
+    if renames:
+        # Names are SSA values local to one region; a whole-word rename is exact.
+        pattern = re.compile("|".join(re.escape(name) + r"\b" for name in sorted(renames, key=len, reverse=True)))
+        result = pattern.sub(lambda m: renames[m.group(0)], result)
+    return result
+
+
+def render(name: str, fields: dict[str, str]) -> str:
+    """Renders template ``name`` with ``fields`` (``T``, ``M``, ``N``, ...)."""
+
+    def substitute(text: str) -> str:
+        def one(match: re.Match) -> str:
+            key = match.group(1)
+            if key in _INCLUDES:
+                return substitute(read_template(_INCLUDES[key]))
+            if key not in fields:
+                raise KeyError(f"template {name} uses field {{{key}}} but no value was given for it")
+            return str(fields[key])
+
+        return _FIELD.sub(one, text)
+
+    return _apply_conversions(substitute(read_template(name)), fields["T"])

@@ -1,0 +1,1 @@
+"""The MLIR templates, shipped as package data of lnbwd_iree."""

@@ -1,0 +1,169 @@
+// LayerNorm-2D backward: dX, dgamma, dbeta from dY, X, gamma and the forward's
+// saved statistics mean and rstd = 1/sqrt(var + eps), all rows of length N.
+//
+// Template fields (filled by lnbwd_iree/template.py): {T} storage element type
+// of dY/X/gamma/dX/dgamma/dbeta (f32, f16, bf16), {M} and {N} the static dims
+// or "?" for dynamic. Arithmetic and statistics are f32 whatever {T} is.
+// `%a = widen %b` / `%a = narrow %b` lines become arith.extf / arith.truncf for
+// 16-bit {T} and vanish for f32.
+//
+// Math, with x_hat = (x - mean) * rstd and g = gamma * dY:
+//   dbeta_j  = sum_i dY_ij
+//   dgamma_j = sum_i dY_ij * x_hat_ij
+//   dX_ij    = rstd_i * (g_ij - mean_j'(g_ij') - x_hat_ij * mean_j'(g_ij' * x_hat_ij'))
+// where mean_j' averages over row i. Composable Kernel's example 53 README writes
+// the last two terms with the column sums dbeta_j and dgamma_j; that is wrong:
+// the derivative of x_hat_i. through mean_i and rstd_i involves only row i, so
+// the sums are per row (tests/test_reference.py checks this by finite differences).
+
+#rows_cols = affine_map<(i, j) -> (i, j)>
+#rows = affine_map<(i, j) -> (i)>
+#cols = affine_map<(i, j) -> (j)>
+
+func.func @layernorm_backward(
+    %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>,
+    %mean_arg: tensor<{M}xf32>, %rstd_arg: tensor<{M}xf32>)
+    -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
+  %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean_arg, %rstd_arg)
+      : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
+      -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>)
+  return %dx, %dgamma, %dbeta : tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>
+}
+
+// For callers that did not keep the forward's statistics: recomputes mean and
+// rstd from X (two-pass, so a large common offset in X costs no accuracy).
+func.func @layernorm_backward_recompute(
+    %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>, %eps: f32)
+    -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
+  %mean, %rstd = func.call @row_statistics(%x_arg, %eps)
+      : (tensor<{M}x{N}x{T}>, f32) -> (tensor<{M}xf32>, tensor<{M}xf32>)
+  %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean, %rstd)
+      : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
+      -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>)
+  return %dx, %dgamma, %dbeta : tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>
+}
+
+{ROW_STATISTICS}
+
+func.func private @backward_with_stats(
+    %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>,
+    %mean_arg: tensor<{M}xf32>, %rstd_arg: tensor<{M}xf32>)
+    -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %zero = arith.constant 0.0 : f32
+  // The body works on dynamic shapes; static specialisations fold through the casts.
+  %dy = tensor.cast %dy_arg : tensor<{M}x{N}x{T}> to tensor<?x?x{T}>
+  %x = tensor.cast %x_arg : tensor<{M}x{N}x{T}> to tensor<?x?x{T}>
+  %gamma = tensor.cast %gamma_arg : tensor<{N}x{T}> to tensor<?x{T}>
+  %mean = tensor.cast %mean_arg : tensor<{M}xf32> to tensor<?xf32>
+  %rstd = tensor.cast %rstd_arg : tensor<{M}xf32> to tensor<?xf32>
+  %m = tensor.dim %dy, %c0 : tensor<?x?x{T}>
+  %n = tensor.dim %dy, %c1 : tensor<?x?x{T}>
+  %n_i64 = arith.index_cast %n : index to i64
+  %n_f32 = arith.sitofp %n_i64 : i64 to f32
+  %one = arith.constant 1.0 : f32
+  %inv_n = arith.divf %one, %n_f32 : f32
+
+  %row_init = tensor.empty(%m) : tensor<?xf32>
+  %row_zero = linalg.fill ins(%zero : f32) outs(%row_init : tensor<?xf32>) -> tensor<?xf32>
+
+  // Per-row sum of gamma * dY. One reduction output per generic: GPU
+  // bufferization rejects generics with two reduction outputs.
+  %row_sum_g = linalg.generic {
+      indexing_maps = [#rows_cols, #cols, #rows],
+      iterator_types = ["parallel", "reduction"]}
+      ins(%dy, %gamma : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?xf32>) {
+  ^bb0(%dy_s: {T}, %gamma_s: {T}, %acc: f32):
+    %dy_w = widen %dy_s
+    %gamma_w = widen %gamma_s
+    %g = arith.mulf %gamma_w, %dy_w : f32
+    %sum = arith.addf %acc, %g : f32
+    linalg.yield %sum : f32
+  } -> tensor<?xf32>
+
+  // Per-row sum of gamma * dY * x_hat.
+  %row_sum_g_xhat = linalg.generic {
+      indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows],
+      iterator_types = ["parallel", "reduction"]}
+      ins(%dy, %x, %gamma, %mean, %rstd : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?xf32>, tensor<?xf32>)
+      outs(%row_zero : tensor<?xf32>) {
+  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: f32, %rstd_s: f32, %acc: f32):
+    %dy_w = widen %dy_s
+    %x_w = widen %x_s
+    %gamma_w = widen %gamma_s
+    %centred = arith.subf %x_w, %mean_s : f32
+    %xhat = arith.mulf %centred, %rstd_s : f32
+    %g = arith.mulf %gamma_w, %dy_w : f32
+    %g_xhat = arith.mulf %g, %xhat : f32
+    %sum = arith.addf %acc, %g_xhat : f32
+    linalg.yield %sum : f32
+  } -> tensor<?xf32>
+
+  %dx_init = tensor.empty(%m, %n) : tensor<?x?x{T}>
+  %dx = linalg.generic {
+      indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows, #rows, #rows_cols],
+      iterator_types = ["parallel", "parallel"]}
+      ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g, %row_sum_g_xhat
+          : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>)
+      outs(%dx_init : tensor<?x?x{T}>) {
+  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: f32, %rstd_s: f32, %sum_g: f32, %sum_g_xhat: f32, %out: {T}):
+    %dy_w = widen %dy_s
+    %x_w = widen %x_s
+    %gamma_w = widen %gamma_s
+    %centred = arith.subf %x_w, %mean_s : f32
+    %xhat = arith.mulf %centred, %rstd_s : f32
+    %g = arith.mulf %gamma_w, %dy_w : f32
+    %mean_g = arith.mulf %sum_g, %inv_n : f32
+    %mean_g_xhat = arith.mulf %sum_g_xhat, %inv_n : f32
+    %t0 = arith.subf %g, %mean_g : f32
+    %t1 = arith.mulf %xhat, %mean_g_xhat : f32
+    %t2 = arith.subf %t0, %t1 : f32
+    %dx_w = arith.mulf %t2, %rstd_s : f32
+    %dx_s = narrow %dx_w
+    linalg.yield %dx_s : {T}
+  } -> tensor<?x?x{T}>
+
+  %col_init = tensor.empty(%n) : tensor<?xf32>
+  %col_zero = linalg.fill ins(%zero : f32) outs(%col_init : tensor<?xf32>) -> tensor<?xf32>
+  %dbeta_f32 = linalg.generic {
+      indexing_maps = [#rows_cols, #cols],
+      iterator_types = ["reduction", "parallel"]}
+      ins(%dy : tensor<?x?x{T}>) outs(%col_zero : tensor<?xf32>) {
+  ^bb0(%dy_s: {T}, %acc: f32):
+    %dy_w = widen %dy_s
+    %sum = arith.addf %acc, %dy_w : f32
+    linalg.yield %sum : f32
+  } -> tensor<?xf32>
+  %dgamma_f32 = linalg.generic {
+      indexing_maps = [#rows_cols, #rows_cols, #rows, #rows, #cols],
+      iterator_types = ["reduction", "parallel"]}
+      ins(%dy, %x, %mean, %rstd : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?xf32>, tensor<?xf32>)
+      outs(%col_zero : tensor<?xf32>) {
+  ^bb0(%dy_s: {T}, %x_s: {T}, %mean_s: f32, %rstd_s: f32, %acc: f32):
+    %dy_w = widen %dy_s
+    %x_w = widen %x_s
+    %centred = arith.subf %x_w, %mean_s : f32
+    %xhat = arith.mulf %centred, %rstd_s : f32
+    %dy_xhat = arith.mulf %dy_w, %xhat : f32
+    %sum = arith.addf %acc, %dy_xhat : f32
+    linalg.yield %sum : f32
+  } -> tensor<?xf32>
+
+  %col_out_init = tensor.empty(%n) : tensor<?x{T}>
+  %dgamma, %dbeta = linalg.generic {
+      indexing_maps = [affine_map<(j) -> (j)>, affine_map<(j) -> (j)>, affine_map<(j) -> (j)>, affine_map<(j) -> (j)>],
+      iterator_types = ["parallel"]}
+      ins(%dgamma_f32, %dbeta_f32 : tensor<?xf32>, tensor<?xf32>)
+      outs(%col_out_init, %col_out_init : tensor<?x{T}>, tensor<?x{T}>) {
+  ^bb0(%dgamma_w: f32, %dbeta_w: f32, %o0: {T}, %o1: {T}):
+    %dgamma_s = narrow %dgamma_w
+    %dbeta_s = narrow %dbeta_w
+    linalg.yield %dgamma_s, %dbeta_s : {T}, {T}
+  } -> (tensor<?x{T}>, tensor<?x{T}>)
+
+  %dx_out = tensor.cast %dx : tensor<?x?x{T}> to tensor<{M}x{N}x{T}>
+  %dgamma_out = tensor.cast %dgamma : tensor<?x{T}> to tensor<{N}x{T}>
+  %dbeta_out = tensor.cast %dbeta : tensor<?x{T}> to tensor<{N}x{T}>
+  return %dx_out, %dgamma_out, %dbeta_out : tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>
+}
