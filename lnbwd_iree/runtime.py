@@ -34,7 +34,7 @@ def open_device(driver: str) -> ireert.HalDevice:
         raise RuntimeError(f"this iree-base-runtime build has no {driver!r} driver")
     try:
         devices = ireert.get_driver(driver).query_available_devices()
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # the runtime raises either for a missing library
         raise RuntimeError(f"device {driver!r}: its driver could not start ({e})") from e
     if not devices:
         raise RuntimeError(f"device {driver!r}: the driver is present but found no device")
@@ -131,6 +131,7 @@ class LayerNormKernels:
 
     def function(self, kernel: Kernel, dtype: str, name: str) -> ireert.FunctionInvoker:
         """The entry point ``name`` of ``kernel``'s dynamic-shape artifact, loaded once."""
+        self.target.check_dtype(dtype)
         spec = Specialization(kernel, dtype)
         key = (spec, name)
         if key not in self._functions:
@@ -173,6 +174,7 @@ class LayerNormKernels:
             raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
         stats = {} if mean is None else {"mean": mean, "rstd": rstd}
         problem = check_problem({"dy": dy, "x": x}, {"gamma": gamma}, stats)
+        self.target.check_dtype(problem.dtype)
         eps = check_eps(eps)
         storage = STORAGE_DTYPES[problem.dtype]
         if problem.m == 0:
@@ -192,6 +194,7 @@ class LayerNormKernels:
     def forward(self, x, gamma, beta, *, eps: float = 1e-5):
         """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading dims."""
         problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
+        self.target.check_dtype(problem.dtype)
         eps = check_eps(eps)
         if problem.m == 0:
             empty_stats = self.empty(problem.batch_shape, np.float32)

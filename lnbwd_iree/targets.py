@@ -29,6 +29,11 @@ class Target:
             flags += [f"--iree-llvmcpu-target-cpu={self.chip}"]
         return tuple(flags)
 
+    def check_dtype(self, dtype: str) -> None:
+        """Raises TypeError for a dtype this backend cannot compile."""
+        if (self.backend, dtype) in UNSUPPORTED_DTYPES:
+            raise TypeError(f"{dtype} is not supported on {self.name}: {UNSUPPORTED_DTYPES[self.backend, dtype]}")
+
     def identity(self) -> str:
         """What besides the flags decides the artifact's code: for llvm-cpu
         "host", the CPU the compiler ran on, since "host" means that machine."""
@@ -48,6 +53,10 @@ def host_cpu_fingerprint() -> str:
     text = f"{platform.machine()}|{flags}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
+UNSUPPORTED_DTYPES = {
+    ("vmvx", "f16"): "IREE 3.13's vmvx backend cannot lower arith.extf f16 -> f32",
+}
 
 ROCM_CHIPS = ("gfx942", "gfx90a", "gfx1100")
 # IREE 3.13 has no sm_90 target ("missing GPU target"); sm_80/sm_89 PTX runs on Hopper.

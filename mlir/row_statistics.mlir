@@ -1,7 +1,8 @@
 // Per-row mean and rstd = 1/sqrt(var + eps) of X, shared by the forward and by
-// the backward that recomputes its statistics. Two passes (mean, then the
-// centred sum of squares) keep f32 accurate when all of a row sits on a large
-// common offset, where E[x^2] - E[x]^2 would cancel catastrophically.
+// the backward that recomputes its statistics. Accurate in f32 when a row sits
+// on a large common offset: the mean sums x - x[i, 0] (small terms, so the f32
+// sum loses little) and the variance is the centred sum of squares, never
+// E[x^2] - E[x]^2, which would cancel catastrophically.
 func.func private @row_statistics(%x_arg: tensor<{M}x{N}x{T}>, %eps: f32)
     -> (tensor<{M}xf32>, tensor<{M}xf32>) {
   %c0 = arith.constant 0 : index
@@ -17,21 +18,27 @@ func.func private @row_statistics(%x_arg: tensor<{M}x{N}x{T}>, %eps: f32)
   %row_init = tensor.empty(%m) : tensor<?xf32>
   %row_zero = linalg.fill ins(%zero : f32) outs(%row_init : tensor<?xf32>) -> tensor<?xf32>
 
-  %row_sum = linalg.generic {
-      indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (i)>],
+  %first_column = tensor.extract_slice %x[0, 0] [%m, 1] [1, 1] : tensor<?x?x{T}> to tensor<?x1x{T}>
+  %pivot = tensor.collapse_shape %first_column [[0, 1]] : tensor<?x1x{T}> into tensor<?x{T}>
+  %shifted_sum = linalg.generic {
+      indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (i)>, affine_map<(i, j) -> (i)>],
       iterator_types = ["parallel", "reduction"]}
-      ins(%x : tensor<?x?x{T}>) outs(%row_zero : tensor<?xf32>) {
-  ^bb0(%x_s: {T}, %acc: f32):
+      ins(%x, %pivot : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?xf32>) {
+  ^bb0(%x_s: {T}, %pivot_s: {T}, %acc: f32):
     %x_w = widen %x_s
-    %sum = arith.addf %acc, %x_w : f32
+    %pivot_w = widen %pivot_s
+    %shifted = arith.subf %x_w, %pivot_w : f32
+    %sum = arith.addf %acc, %shifted : f32
     linalg.yield %sum : f32
   } -> tensor<?xf32>
   %mean = linalg.generic {
-      indexing_maps = [affine_map<(i) -> (i)>, affine_map<(i) -> (i)>],
+      indexing_maps = [affine_map<(i) -> (i)>, affine_map<(i) -> (i)>, affine_map<(i) -> (i)>],
       iterator_types = ["parallel"]}
-      ins(%row_sum : tensor<?xf32>) outs(%row_init : tensor<?xf32>) {
-  ^bb0(%sum: f32, %out: f32):
-    %mean_s = arith.mulf %sum, %inv_n : f32
+      ins(%shifted_sum, %pivot : tensor<?xf32>, tensor<?x{T}>) outs(%row_init : tensor<?xf32>) {
+  ^bb0(%sum: f32, %pivot_s: {T}, %out: f32):
+    %pivot_w = widen %pivot_s
+    %shift_mean = arith.mulf %sum, %inv_n : f32
+    %mean_s = arith.addf %pivot_w, %shift_mean : f32
     linalg.yield %mean_s : f32
   } -> tensor<?xf32>
 

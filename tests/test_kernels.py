@@ -1,0 +1,116 @@
+"""Forward and backward on every available backend against the float64 reference."""
+
+import numpy as np
+import pytest
+from conftest import DTYPES, TOLERANCE, random_problem, skip_unsupported
+
+from lnbwd_iree.reference import backward_reference, forward_reference, relative_error
+
+# Odd sizes on purpose: single rows and columns, N not a multiple of 4 or 64.
+SHAPES = [(1, 64), (17, 1), (5, 760), (64, 1000), (33, 4096), (2, 3, 96)]
+
+
+def host(results):
+    return [np.asarray(r.to_host()) for r in results]
+
+
+def assert_close(name, got, want, tol, scale=0.0):
+    """Norm-wise relative error below ``tol``. ``scale``: the norm of the terms
+    that cancel into ``want`` (for dX, ||rstd * gamma * dY||), so a result that
+    is exactly 0 in real arithmetic, as dX is for N == 1, is judged against the
+    size of what was rounded rather than against 0."""
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    got64, want64 = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    denom = max(np.linalg.norm(want64), scale)
+    error = np.linalg.norm(got64 - want64) / denom if denom > 0 else relative_error(got, want)
+    assert error < tol, f"{name}: relative error {error:.3g} >= {tol:.3g}"
+
+
+def dx_scale(dy, gamma, rstd):
+    return float(np.linalg.norm(np.asarray(dy, np.float64) * np.asarray(gamma, np.float64) * rstd[..., None]))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_backward_with_saved_stats(kernels, rng, dtype, shape):
+    skip_unsupported(kernels, dtype)
+    dy, x, gamma, beta = random_problem(rng, shape, dtype)
+    _, mean, rstd = forward_reference(x, gamma, beta)
+    mean, rstd = mean.astype(np.float32), rstd.astype(np.float32)
+    want = backward_reference(dy, x, gamma, mean, rstd)
+    got = host(kernels.backward(dy, x, gamma, mean, rstd))
+    scales = (dx_scale(dy, gamma, rstd), 0.0, 0.0)
+    for name, g, w, scale in zip(("dx", "dgamma", "dbeta"), got, want, scales):
+        assert g.dtype == DTYPES[dtype]
+        assert_close(name, g, w, TOLERANCE[dtype], scale)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", [(9, 130), (2, 5, 64)], ids=lambda s: "x".join(map(str, s)))
+def test_forward_then_backward_recompute(kernels, rng, dtype, shape):
+    skip_unsupported(kernels, dtype)
+    dy, x, gamma, beta = random_problem(rng, shape, dtype)
+    y_want, mean_want, rstd_want = forward_reference(x, gamma, beta, eps=1e-5)
+    y, mean, rstd = host(kernels.forward(x, gamma, beta, eps=1e-5))
+    assert mean.dtype == rstd.dtype == np.float32 and mean.shape == shape[:-1]
+    assert_close("y", y, y_want, TOLERANCE[dtype])
+    assert_close("mean", mean, mean_want, 1e-5)
+    assert_close("rstd", rstd, rstd_want, 1e-5)
+
+    want = backward_reference(dy, x, gamma, mean_want, rstd_want)
+    for stats in ((mean, rstd), (None, None)):
+        got = host(kernels.backward(dy, x, gamma, *stats, eps=1e-5))
+        for name, g, w in zip(("dx", "dgamma", "dbeta"), got, want):
+            assert_close(name, g, w, TOLERANCE[dtype])
+
+
+def test_large_common_offset_stays_accurate_in_f32(kernels, rng):
+    """x = 1e4 + noise (std 2). The f32 mean itself is off by up to half an ulp
+    of 1e4 (4.9e-4), which moves x_hat by ~2.4e-4 of its size: 5e-4 is what f32
+    statistics allow. A one-pass E[x^2] - E[x]^2 variance would be off by ~100%,
+    and an unshifted f32 row sum for the mean measured 1.4e-3 here."""
+    dy, x, gamma, beta = random_problem(rng, (16, 512), "f32", offset=1e4)
+    _, mean_want, rstd_want = forward_reference(x, gamma, beta)
+    _, mean, rstd = host(kernels.forward(x, gamma, beta))
+    assert_close("rstd", rstd, rstd_want, 1e-4)
+    want = backward_reference(dy, x, gamma, mean_want, rstd_want)
+    for got, w in zip(host(kernels.backward(dy, x, gamma)), want):
+        assert_close("recomputed", got, w, 5e-4)
+
+
+def test_nan_and_inf_propagate(kernels, rng):
+    dy, x, gamma, beta = random_problem(rng, (6, 40), "f32")
+    x[2, 7] = np.nan
+    dy[4, 3] = np.inf
+    _, mean, rstd = forward_reference(x, gamma, beta)
+    want = backward_reference(dy, x, gamma, mean.astype(np.float32), rstd.astype(np.float32))
+    got = host(kernels.backward(dy, x, gamma, mean.astype(np.float32), rstd.astype(np.float32)))
+    for name, g, w in zip(("dx", "dgamma", "dbeta"), got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{name}: NaN pattern")
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w), err_msg=f"{name}: Inf pattern")
+        finite = np.isfinite(w)
+        assert finite.any() or name != "dx"
+        assert_close(name, g[finite], w[finite], 1e-5)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_empty_batch(kernels, dtype):
+    skip_unsupported(kernels, dtype)
+    n = 12
+    x = np.ones((0, n), DTYPES[dtype])
+    gamma = np.linspace(0.5, 1.5, n).astype(DTYPES[dtype])
+    dx, dgamma, dbeta = host(kernels.backward(x, x, gamma, np.ones(0, np.float32), np.ones(0, np.float32)))
+    assert dx.shape == (0, n)
+    np.testing.assert_array_equal(dgamma, np.zeros(n))
+    np.testing.assert_array_equal(dbeta, np.zeros(n))
+
+
+def test_device_arrays_chain_without_host_round_trip(kernels, rng):
+    """Device outputs of the forward feed the backward directly."""
+    dy, x, gamma, beta = random_problem(rng, (4, 6, 48), "f32")
+    x_dev, gamma_dev, dy_dev = kernels.to_device(x), kernels.to_device(gamma), kernels.to_device(dy)
+    _, mean, rstd = kernels.forward(x_dev, gamma_dev, kernels.to_device(beta))
+    got = host(kernels.backward(dy_dev, x_dev, gamma_dev, mean, rstd))
+    _, mean_want, rstd_want = forward_reference(x, gamma, beta)
+    for name, g, w in zip(("dx", "dgamma", "dbeta"), got, backward_reference(dy, x, gamma, mean_want, rstd_want)):
+        assert_close(name, g, w, 1e-5)

@@ -1,0 +1,92 @@
+"""Bad input raises an exception that names the problem."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from lnbwd_iree import LayerNormKernels, layernorm_backward, layernorm_forward
+
+
+@pytest.fixture(scope="module")
+def cpu(tmp_path_factory):
+    return LayerNormKernels("local-task", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def arrays(m=4, n=8, dtype=np.float32):
+    rng = np.random.default_rng(1)
+    return rng.standard_normal((m, n)).astype(dtype), rng.standard_normal((m, n)).astype(dtype), np.ones(n, dtype)
+
+
+def test_mismatched_shapes(cpu):
+    dy, x, gamma = arrays()
+    with pytest.raises(ValueError, match=r"x has shape \(4, 9\) but dy has \(4, 8\)"):
+        cpu.backward(dy, np.zeros((4, 9), np.float32), gamma)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(8,\)"):
+        cpu.backward(dy, x, np.ones(7, np.float32))
+    with pytest.raises(ValueError, match=r"mean must have shape \(4,\)"):
+        cpu.backward(dy, x, gamma, np.zeros(5, np.float32), np.ones(4, np.float32))
+
+
+def test_wrong_rank(cpu):
+    _, _, gamma = arrays()
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        cpu.forward(np.ones(8, np.float32), gamma, gamma)
+
+
+def test_unsupported_and_mixed_dtypes(cpu):
+    dy, x, gamma = arrays()
+    with pytest.raises(TypeError, match="dtype float64"):
+        cpu.backward(dy.astype(np.float64), x.astype(np.float64), gamma.astype(np.float64))
+    with pytest.raises(TypeError, match="x has dtype float16 but dy has float32"):
+        cpu.backward(dy, x.astype(np.float16), gamma)
+    with pytest.raises(TypeError, match="gamma has dtype bfloat16"):
+        cpu.backward(dy, x, gamma.astype(ml_dtypes.bfloat16))
+    with pytest.raises(TypeError, match="mean must be float32"):
+        cpu.backward(dy, x, gamma, np.zeros(4, np.float16), np.ones(4, np.float32))
+
+
+def test_stats_come_in_pairs(cpu):
+    dy, x, gamma = arrays()
+    with pytest.raises(ValueError, match="both mean and rstd"):
+        cpu.backward(dy, x, gamma, np.zeros(4, np.float32))
+
+
+def test_empty_rows(cpu):
+    with pytest.raises(ValueError, match="N == 0"):
+        cpu.forward(np.ones((3, 0), np.float32), np.ones(0, np.float32), np.ones(0, np.float32))
+
+
+def test_bad_eps(cpu):
+    dy, x, gamma = arrays()
+    with pytest.raises(ValueError, match="eps must be"):
+        cpu.backward(dy, x, gamma, eps=-1.0)
+    with pytest.raises(ValueError, match="eps must be"):
+        layernorm_forward(x, gamma, gamma, eps=float("nan"))
+
+
+def test_unknown_device():
+    dy, x, gamma = arrays()
+    with pytest.raises(ValueError, match="unknown device driver .tpu."):
+        layernorm_backward(dy, x, gamma, device="tpu")
+
+
+def test_driver_without_device():
+    """hip is built into the runtime; where no AMD GPU (or ROCm) exists it must say so."""
+    try:
+        LayerNormKernels("hip")
+    except RuntimeError as e:
+        assert "hip" in str(e)
+    else:
+        pytest.skip("this machine has a hip device")
+
+
+def test_backend_driver_mismatch():
+    with pytest.raises(ValueError, match="runs on local-task or local-sync"):
+        LayerNormKernels("cuda", backend="vmvx")
+
+
+def test_vmvx_refuses_f16_by_name():
+    kernels = LayerNormKernels("local-task", backend="vmvx")
+    dy, x, gamma = arrays(dtype=np.float16)
+    with pytest.raises(TypeError, match="f16 is not supported on vmvx-generic"):
+        kernels.backward(dy, x, gamma)
