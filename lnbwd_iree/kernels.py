@@ -49,12 +49,27 @@ class Specialization:
     def stem(self) -> str:
         return f"{self.kernel.name}_{self.signature}"
 
+    def column_blocks(self) -> tuple[int, int] | None:
+        """(G, R): the column sums run over G blocks of R rows (M = G * R) when
+        M is static; None for a single reduction over all M rows."""
+        if self.m is None:
+            return None
+        rows = 1
+        # Enough independent column sums (G * N) to fill a large GPU, ~2^18.
+        while self.m % (rows * 2) == 0 and self.m * (self.n or 1) // (rows * 2) >= 2**18:
+            rows *= 2
+        return (self.m // rows, rows) if rows > 1 else None
+
     def source(self) -> str:
         fields = {
             "T": self.dtype,
             "M": "?" if self.m is None else str(self.m),
             "N": "?" if self.n is None else str(self.n),
+            "COLUMN_SUMS": "column_sums_direct.mlir",
         }
+        blocks = self.column_blocks()
+        if blocks is not None:
+            fields.update(COLUMN_SUMS="column_sums_blocked.mlir", G=str(blocks[0]), R=str(blocks[1]))
         return render(f"{self.kernel.name}.mlir", fields)
 
     def source_hash(self) -> str:

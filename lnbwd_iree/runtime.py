@@ -110,6 +110,8 @@ class LayerNormKernels:
     ``backend``: "vmvx" runs the local drivers on IREE's portable VM backend.
     ``artifact_dir``: a folder made by ``lnbwd-iree compile --out``, searched
     before the cache; with it a deployment needs no compiler.
+    ``static_shapes``: use an artifact specialised to each call's (M, N)
+    (compiled on first use) instead of the one dynamic-shape artifact.
     """
 
     def __init__(
@@ -120,29 +122,59 @@ class LayerNormKernels:
         backend: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         artifact_dir: str | os.PathLike | None = None,
+        static_shapes: bool = False,
     ):
+        self.static_shapes = static_shapes
         self.target = target_for(device, chip, backend)
         self.driver = device
         self.device = open_device(device)
         self.store = ArtifactStore(cache_dir, [artifact_dir] if artifact_dir is not None else [])
         self._instance = ireert.VmInstance()
         self._hal_module = ireert.create_hal_module(self._instance, self.device)
-        self._functions: dict[tuple[Specialization, str], ireert.FunctionInvoker] = {}
+        self._functions: dict[tuple[Specialization, str], tuple[ireert.VmContext, ireert.VmFunction]] = {}
+        # Calls are ordered on one timeline: call k waits for value k, signals k + 1.
+        self._timeline = self.device.create_semaphore(0)
+        self._last_signal = 0
 
-    def function(self, kernel: Kernel, dtype: str, name: str) -> ireert.FunctionInvoker:
-        """The entry point ``name`` of ``kernel``'s dynamic-shape artifact, loaded once."""
+    def function(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]):
+        """(context, function) of entry point ``name`` of ``kernel``'s artifact for
+        [M, N] = ``shape``, loaded once."""
         self.target.check_dtype(dtype)
-        spec = Specialization(kernel, dtype)
+        spec = Specialization(kernel, dtype, *shape) if self.static_shapes else Specialization(kernel, dtype)
         key = (spec, name)
         if key not in self._functions:
             path = self.store.get(spec, self.target)
             vm_module = ireert.VmModule.copy_buffer(self._instance, path.read_bytes())
             context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
             for fn_name in kernel.functions:
-                self._functions[(spec, fn_name)] = ireert.FunctionInvoker(
-                    context, self.device, vm_module.lookup_function(fn_name)
-                )
+                self._functions[(spec, fn_name)] = (context, vm_module.lookup_function(fn_name))
         return self._functions[key]
+
+    def call(self, kernel: Kernel, problem: "Problem", name: str, args, n_results: int, *, wait: bool = True):
+        """Queues one call after the previous one (coarse-fences ABI); waits for it when ``wait``."""
+        context, function = self.function(kernel, problem.dtype, name, (problem.m, problem.n))
+        arg_list = ireert.VmVariantList(len(args) + 2)
+        for arg in args:
+            if isinstance(arg, float):
+                arg_list.push_float(arg)
+            else:
+                arg_list.push_ref(arg._buffer_view.ref)
+        arg_list.push_ref(ireert.HalFence.create_at(self._timeline, self._last_signal).ref)
+        self._last_signal += 1
+        signal = ireert.HalFence.create_at(self._timeline, self._last_signal)
+        arg_list.push_ref(signal.ref)
+        results = ireert.VmVariantList(n_results)
+        context.invoke(function, arg_list, results)
+        if wait:
+            signal.wait()
+        return [
+            ireert.DeviceArray(self.device, results.get_as_object(i, ireert.HalBufferView), implicit_host_transfer=True)
+            for i in range(n_results)
+        ]
+
+    def synchronize(self) -> None:
+        """Waits for every call queued so far (after calls made with ``wait=False``)."""
+        ireert.HalFence.create_at(self._timeline, self._last_signal).wait()
 
     def to_device(self, array) -> ireert.DeviceArray:
         """Uploads a NumPy array (C-contiguous copy) to this device."""
@@ -167,9 +199,11 @@ class LayerNormKernels:
             )
         return self.to_device(np.reshape(array, shape))
 
-    def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5):
+    def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, wait: bool = True):
         """dX, dgamma, dbeta as device arrays. ``mean``/``rstd`` are the forward's
-        f32 statistics; when both are None they are recomputed from X with ``eps``."""
+        f32 statistics; when both are None they are recomputed from X with ``eps``.
+        ``wait=False`` returns once the call is queued: read results only after
+        ``synchronize()`` (later calls on this object are ordered after it)."""
         if (mean is None) != (rstd is None):
             raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
         stats = {} if mean is None else {"mean": mean, "rstd": rstd}
@@ -184,15 +218,15 @@ class LayerNormKernels:
         mn = (problem.m, problem.n)
         args = [self._as_matrix(dy, mn), self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,))]
         if mean is None:
-            fn = self.function(LAYERNORM_BACKWARD, problem.dtype, "layernorm_backward_recompute")
-            dx, dgamma, dbeta = fn(*args, eps)
+            name, args = "layernorm_backward_recompute", [*args, eps]
         else:
-            fn = self.function(LAYERNORM_BACKWARD, problem.dtype, "layernorm_backward")
-            dx, dgamma, dbeta = fn(*args, self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,)))
+            name, args = "layernorm_backward", [*args, self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
+        dx, dgamma, dbeta = self.call(LAYERNORM_BACKWARD, problem, name, args, 3, wait=wait)
         return self._as_matrix(dx, tuple(x.shape)), dgamma, dbeta
 
-    def forward(self, x, gamma, beta, *, eps: float = 1e-5):
-        """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading dims."""
+    def forward(self, x, gamma, beta, *, eps: float = 1e-5, wait: bool = True):
+        """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading dims.
+        ``wait`` as for ``backward``."""
         problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
         self.target.check_dtype(problem.dtype)
         eps = check_eps(eps)
@@ -200,8 +234,8 @@ class LayerNormKernels:
             empty_stats = self.empty(problem.batch_shape, np.float32)
             return self.empty(tuple(x.shape), STORAGE_DTYPES[problem.dtype]), empty_stats, empty_stats
         mn = (problem.m, problem.n)
-        fn = self.function(LAYERNORM_FORWARD, problem.dtype, "layernorm_forward")
-        y, mean, rstd = fn(self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps)
+        args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps]
+        y, mean, rstd = self.call(LAYERNORM_FORWARD, problem, "layernorm_forward", args, 3, wait=wait)
         return (
             self._as_matrix(y, tuple(x.shape)),
             self._as_matrix(mean, problem.batch_shape),

@@ -20,7 +20,9 @@ class Target:
         return f"{self.backend}-{self.chip}"
 
     def flags(self) -> tuple[str, ...]:
-        flags = [f"--iree-hal-target-backends={self.backend}"]
+        # async-external: entry points take wait/signal fences, so calls can be
+        # queued back to back with no host wait between them (runtime.py).
+        flags = [f"--iree-hal-target-backends={self.backend}", "--iree-execution-model=async-external"]
         if self.backend == "rocm":
             flags.append(f"--iree-rocm-target={self.chip}")
         elif self.backend == "cuda":

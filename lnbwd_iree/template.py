@@ -3,7 +3,8 @@
 A template is real MLIR with three kinds of holes:
 
 * ``{FIELD}`` (upper-case name): replaced by a value (``{T}``, ``{M}``, ``{N}``)
-  or by another template file (``{ROW_STATISTICS}`` -> ``row_statistics.mlir``).
+  or, when the value names a ``.mlir`` file, by that template rendered with
+  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``).
 * ``%a = widen %b`` lines: ``arith.extf`` from the storage type to f32.
 * ``%a = narrow %b`` lines: ``arith.truncf`` from f32 to the storage type.
 
@@ -20,8 +21,8 @@ from importlib import resources
 _FIELD = re.compile(r"\{([A-Z_]+)\}")
 _CONVERSION = re.compile(r"^(?P<indent>\s*)(?P<dst>%\w+) = (?P<op>widen|narrow) (?P<src>%\w+)\s*$")
 
-# Fields that name another template file rather than a value.
-_INCLUDES = {"ROW_STATISTICS": "row_statistics.mlir"}
+# Included in every template that names it.
+_DEFAULT_FIELDS = {"ROW_STATISTICS": "row_statistics.mlir"}
 
 
 def read_template(name: str) -> str:
@@ -55,14 +56,15 @@ def _apply_conversions(text: str, storage_type: str) -> str:
 def render(name: str, fields: dict[str, str]) -> str:
     """Renders template ``name`` with ``fields`` (``T``, ``M``, ``N``, ...)."""
 
+    fields = {**_DEFAULT_FIELDS, **fields}
+
     def substitute(text: str) -> str:
         def one(match: re.Match) -> str:
             key = match.group(1)
-            if key in _INCLUDES:
-                return substitute(read_template(_INCLUDES[key]))
             if key not in fields:
                 raise KeyError(f"template {name} uses field {{{key}}} but no value was given for it")
-            return str(fields[key])
+            value = str(fields[key])
+            return substitute(read_template(value)) if value.endswith(".mlir") else value
 
         return _FIELD.sub(one, text)
 

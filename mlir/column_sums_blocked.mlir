@@ -1,0 +1,57 @@
+  // Included by layernorm_backward.mlir for static M = {G} * {R}: dbeta and
+  // dgamma in two stages. Each of {G} blocks of {R} rows sums its columns
+  // ({G} * N independent sums, each reading down a column, coalesced across
+  // j), then a small reduction adds the {G} partials. A single reduction over
+  // all M rows leaves a GPU with only N sums to spread over its threads.
+  %dy_rows = tensor.cast %dy : tensor<?x?x{T}> to tensor<{M}x?x{T}>
+  %x_rows = tensor.cast %x : tensor<?x?x{T}> to tensor<{M}x?x{T}>
+  %mean_rows = tensor.cast %mean : tensor<?xf32> to tensor<{M}xf32>
+  %rstd_rows = tensor.cast %rstd : tensor<?xf32> to tensor<{M}xf32>
+  %dy_blocks = tensor.expand_shape %dy_rows [[0, 1], [2]] output_shape [{G}, {R}, %n] : tensor<{M}x?x{T}> into tensor<{G}x{R}x?x{T}>
+  %x_blocks = tensor.expand_shape %x_rows [[0, 1], [2]] output_shape [{G}, {R}, %n] : tensor<{M}x?x{T}> into tensor<{G}x{R}x?x{T}>
+  %mean_blocks = tensor.expand_shape %mean_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
+  %rstd_blocks = tensor.expand_shape %rstd_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
+  %partial_init = tensor.empty(%n) : tensor<{G}x?xf32>
+  %partial_zero = linalg.fill ins(%zero : f32) outs(%partial_init : tensor<{G}x?xf32>) -> tensor<{G}x?xf32>
+  %dbeta_partial = linalg.generic {
+      indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (g, j)>],
+      iterator_types = ["parallel", "reduction", "parallel"]}
+      ins(%dy_blocks : tensor<{G}x{R}x?x{T}>) outs(%partial_zero : tensor<{G}x?xf32>) {
+  ^bb0(%dy_s: {T}, %acc: f32):
+    %dy_w = widen %dy_s
+    %sum = arith.addf %acc, %dy_w : f32
+    linalg.yield %sum : f32
+  } -> tensor<{G}x?xf32>
+  %dgamma_partial = linalg.generic {
+      indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (g, r, j)>,
+                       affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, j)>],
+      iterator_types = ["parallel", "reduction", "parallel"]}
+      ins(%dy_blocks, %x_blocks, %mean_blocks, %rstd_blocks : tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}xf32>, tensor<{G}x{R}xf32>)
+      outs(%partial_zero : tensor<{G}x?xf32>) {
+  ^bb0(%dy_s: {T}, %x_s: {T}, %mean_s: f32, %rstd_s: f32, %acc: f32):
+    %dy_w = widen %dy_s
+    %x_w = widen %x_s
+    %centred = arith.subf %x_w, %mean_s : f32
+    %xhat = arith.mulf %centred, %rstd_s : f32
+    %dy_xhat = arith.mulf %dy_w, %xhat : f32
+    %sum = arith.addf %acc, %dy_xhat : f32
+    linalg.yield %sum : f32
+  } -> tensor<{G}x?xf32>
+  %col_init = tensor.empty(%n) : tensor<?xf32>
+  %col_zero = linalg.fill ins(%zero : f32) outs(%col_init : tensor<?xf32>) -> tensor<?xf32>
+  %dbeta_f32 = linalg.generic {
+      indexing_maps = [affine_map<(g, j) -> (g, j)>, affine_map<(g, j) -> (j)>],
+      iterator_types = ["reduction", "parallel"]}
+      ins(%dbeta_partial : tensor<{G}x?xf32>) outs(%col_zero : tensor<?xf32>) {
+  ^bb0(%part: f32, %acc: f32):
+    %sum = arith.addf %acc, %part : f32
+    linalg.yield %sum : f32
+  } -> tensor<?xf32>
+  %dgamma_f32 = linalg.generic {
+      indexing_maps = [affine_map<(g, j) -> (g, j)>, affine_map<(g, j) -> (j)>],
+      iterator_types = ["reduction", "parallel"]}
+      ins(%dgamma_partial : tensor<{G}x?xf32>) outs(%col_zero : tensor<?xf32>) {
+  ^bb0(%part: f32, %acc: f32):
+    %sum = arith.addf %acc, %part : f32
+    linalg.yield %sum : f32
+  } -> tensor<?xf32>
