@@ -97,7 +97,7 @@ class ArtifactStore:
             return False
         installed = compiler.compiler_version()
         return (
-            record.source_sha256 == spec.source_hash()
+            record.source_sha256 == spec.source_hash(target)
             and record.flags == flags
             and record.target_identity == target.identity()
             # A runtime-only deployment cannot rebuild, so it trusts the recorded compiler.
@@ -134,7 +134,7 @@ class ArtifactStore:
             chip=target.chip,
             target_identity=target.identity(),
             flags=flags,
-            source_sha256=spec.source_hash(),
+            source_sha256=spec.source_hash(target),
             compiler_version=compiler.compiler_version() or "unknown",
             vmfb_sha256=hashlib.sha256(vmfb).hexdigest(),
         )

@@ -36,7 +36,7 @@ def compile_to_bytes(spec: Specialization, target: Target, extra_flags: tuple[st
             "installed: pip install 'lnbwd-iree[compile]', or point artifact_dir at a folder made by "
             "`lnbwd-iree compile --out DIR`"
         ) from e
-    source = spec.source()
+    source = spec.source(target)
     try:
         return tools.compile_str(source, extra_args=[*target.flags(), *extra_flags])
     except tools.CompilerToolError as e:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from .targets import Target
 from .template import render
 
 DTYPES = ("f32", "f16", "bf16")
+ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,31 @@ class Specialization:
         if self.m is None:
             return None
         rows = 1
-        # Enough independent column sums (G * N) to fill a large GPU, ~2^18.
-        while self.m % (rows * 2) == 0 and self.m * (self.n or 1) // (rows * 2) >= 2**18:
+        # Enough partial column sums (G * N) for ~2^17 GPU threads of 16 bytes
+        # each; the [G, N] f32 partials stay a few percent of the bytes moved.
+        while self.m % (rows * 2) == 0 and self.m * (self.n or 1) // (rows * 2) >= 2**19:
             rows *= 2
         return (self.m // rows, rows) if rows > 1 else None
 
-    def source(self) -> str:
+    def partial_config(self, target: Target, rows: int) -> str:
+        """compilation_info for the blocked partial column sums on GPU targets
+        (see column_sums_blocked.mlir), or "" to leave the choice to IREE."""
+        if target.backend not in ("cuda", "rocm") or self.n is None:
+            return ""
+        vector = 16 // ITEMSIZE[self.dtype]
+        threads = next((t for t in (128, 64, 32) if self.n % (t * vector) == 0), None)
+        if threads is None:
+            return ""
+        subgroup = 64 if target.chip.startswith("gfx9") else 32
+        return (
+            ", compilation_info = #iree_codegen.compilation_info<"
+            f"lowering_config = #iree_gpu.lowering_config<{{workgroup = [1, 2, {threads * vector}, 0], "
+            f"thread = [0, 1, {vector}, 0], reduction = [0, 0, 0, {min(8, rows)}]}}>, "
+            "translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<TileAndFuse> "
+            f"workgroup_size = [{2 * threads}, 1, 1] subgroup_size = {subgroup}>>"
+        )
+
+    def source(self, target: Target) -> str:
         fields = {
             "T": self.dtype,
             "M": "?" if self.m is None else str(self.m),
@@ -69,8 +90,13 @@ class Specialization:
         }
         blocks = self.column_blocks()
         if blocks is not None:
-            fields.update(COLUMN_SUMS="column_sums_blocked.mlir", G=str(blocks[0]), R=str(blocks[1]))
+            fields.update(
+                COLUMN_SUMS="column_sums_blocked.mlir",
+                G=str(blocks[0]),
+                R=str(blocks[1]),
+                PARTIAL_CONFIG=self.partial_config(target, blocks[1]),
+            )
         return render(f"{self.kernel.name}.mlir", fields)
 
-    def source_hash(self) -> str:
-        return hashlib.sha256(self.source().encode()).hexdigest()
+    def source_hash(self, target: Target) -> str:
+        return hashlib.sha256(self.source(target).encode()).hexdigest()

@@ -183,7 +183,43 @@ class LayerNormKernels:
         return ireert.asdevicearray(self.device, np.ascontiguousarray(array), implicit_host_transfer=True)
 
     def empty(self, shape, dtype) -> ireert.DeviceArray:
-        return self.to_device(np.zeros(shape, dtype))
+        """A zero-filled array; zero-size ones live in host-visible memory,
+        since GPU drivers cannot import a zero-byte host allocation in to_host()."""
+        array = np.zeros(shape, dtype)
+        if array.size:
+            return self.to_device(array)
+        return ireert.asdevicearray(
+            self.device,
+            array,
+            implicit_host_transfer=True,
+            memory_type=ireert.MemoryType.HOST_LOCAL | ireert.MemoryType.DEVICE_VISIBLE,
+            allowed_usage=ireert.BufferUsage.DEFAULT | ireert.BufferUsage.MAPPING,
+        )
+
+    def allocate(self, shape, dtype) -> ireert.DeviceArray:
+        """An uninitialised device array (no host copy, no fill)."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        buffer = self.device.allocator.allocate_buffer(
+            memory_type=ireert.MemoryType.DEVICE_LOCAL,
+            allowed_usage=ireert.BufferUsage.DEFAULT,
+            allocation_size=nbytes,
+        )
+        element_type = ireert.array_interop.map_dtype_to_element_type(dtype)
+        return ireert.DeviceArray(
+            self.device, ireert.HalBufferView(buffer, list(shape), element_type), implicit_host_transfer=True
+        )
+
+    def _output(self, out, name: str, shape: tuple[int, ...], dtype: str):
+        """The caller's ``out`` array, checked, or a new uninitialised one."""
+        storage = STORAGE_DTYPES[dtype]
+        if out is None:
+            return self.allocate(shape, storage)
+        if not isinstance(out, ireert.DeviceArray):
+            raise TypeError(f"{name} must be a device array of this device (LayerNormKernels.allocate), got {type(out).__name__}")
+        if tuple(out.shape) != shape or np.dtype(out.dtype) != storage:
+            raise ValueError(f"{name} must have shape {shape} and dtype {np.dtype(storage)}, got {tuple(out.shape)} {np.dtype(out.dtype)}")
+        return out
 
     def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
         """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
@@ -199,9 +235,10 @@ class LayerNormKernels:
             )
         return self.to_device(np.reshape(array, shape))
 
-    def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, wait: bool = True):
+    def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, out=None, wait: bool = True):
         """dX, dgamma, dbeta as device arrays. ``mean``/``rstd`` are the forward's
         f32 statistics; when both are None they are recomputed from X with ``eps``.
+        ``out``: a device array of X's shape and dtype that receives dX.
         ``wait=False`` returns once the call is queued: read results only after
         ``synchronize()`` (later calls on this object are ordered after it)."""
         if (mean is None) != (rstd is None):
@@ -216,17 +253,19 @@ class LayerNormKernels:
             zeros = np.zeros(problem.n, storage)
             return self.empty(tuple(x.shape), storage), self.to_device(zeros), self.to_device(zeros)
         mn = (problem.m, problem.n)
+        dx_storage = self._as_matrix(self._output(out, "out", tuple(x.shape), problem.dtype), mn)
         args = [self._as_matrix(dy, mn), self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,))]
         if mean is None:
-            name, args = "layernorm_backward_recompute", [*args, eps]
+            name, args = "layernorm_backward_recompute", [*args, eps, dx_storage]
         else:
-            name, args = "layernorm_backward", [*args, self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
+            stats = [self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
+            name, args = "layernorm_backward", [*args, *stats, dx_storage]
         dx, dgamma, dbeta = self.call(LAYERNORM_BACKWARD, problem, name, args, 3, wait=wait)
         return self._as_matrix(dx, tuple(x.shape)), dgamma, dbeta
 
-    def forward(self, x, gamma, beta, *, eps: float = 1e-5, wait: bool = True):
+    def forward(self, x, gamma, beta, *, eps: float = 1e-5, out=None, wait: bool = True):
         """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading dims.
-        ``wait`` as for ``backward``."""
+        ``out`` (receives y) and ``wait`` as for ``backward``."""
         problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
         self.target.check_dtype(problem.dtype)
         eps = check_eps(eps)
@@ -234,7 +273,8 @@ class LayerNormKernels:
             empty_stats = self.empty(problem.batch_shape, np.float32)
             return self.empty(tuple(x.shape), STORAGE_DTYPES[problem.dtype]), empty_stats, empty_stats
         mn = (problem.m, problem.n)
-        args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps]
+        y_storage = self._as_matrix(self._output(out, "out", tuple(x.shape), problem.dtype), mn)
+        args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps, y_storage]
         y, mean, rstd = self.call(LAYERNORM_FORWARD, problem, "layernorm_forward", args, 3, wait=wait)
         return (
             self._as_matrix(y, tuple(x.shape)),

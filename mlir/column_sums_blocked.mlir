@@ -3,6 +3,10 @@
   // ({G} * N independent sums, each reading down a column, coalesced across
   // j), then a small reduction adds the {G} partials. A single reduction over
   // all M rows leaves a GPU with only N sums to spread over its threads.
+  // The partial sums iterate (g, j, r) with the reduction innermost, as IREE
+  // would reorder them anyway; on GPU targets PARTIAL_CONFIG pins a schedule
+  // in which each thread owns a 16-byte run of columns and walks down its
+  // rows serially, so every warp load is one coalesced row segment.
   %dy_rows = tensor.cast %dy : tensor<?x?x{T}> to tensor<{M}x?x{T}>
   %x_rows = tensor.cast %x : tensor<?x?x{T}> to tensor<{M}x?x{T}>
   %mean_rows = tensor.cast %mean : tensor<?xf32> to tensor<{M}xf32>
@@ -11,32 +15,32 @@
   %x_blocks = tensor.expand_shape %x_rows [[0, 1], [2]] output_shape [{G}, {R}, %n] : tensor<{M}x?x{T}> into tensor<{G}x{R}x?x{T}>
   %mean_blocks = tensor.expand_shape %mean_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
   %rstd_blocks = tensor.expand_shape %rstd_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
-  %partial_init = tensor.empty(%n) : tensor<{G}x?xf32>
-  %partial_zero = linalg.fill ins(%zero : f32) outs(%partial_init : tensor<{G}x?xf32>) -> tensor<{G}x?xf32>
-  %dbeta_partial = linalg.generic {
-      indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (g, j)>],
-      iterator_types = ["parallel", "reduction", "parallel"]}
-      ins(%dy_blocks : tensor<{G}x{R}x?x{T}>) outs(%partial_zero : tensor<{G}x?xf32>) {
-  ^bb0(%dy_s: {T}, %acc: f32):
-    %dy_w = widen %dy_s
-    %sum = arith.addf %acc, %dy_w : f32
-    linalg.yield %sum : f32
-  } -> tensor<{G}x?xf32>
-  %dgamma_partial = linalg.generic {
-      indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (g, r, j)>,
-                       affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, j)>],
-      iterator_types = ["parallel", "reduction", "parallel"]}
+  // Both partial sums in one op: k = 0 sums dY (dbeta), k = 1 sums dY * x_hat
+  // (dgamma). With k inside one workgroup tile, the two threads of a column
+  // read the same dY and X bytes: one trip to DRAM, the second from L1.
+  %partial_init = tensor.empty(%n) : tensor<{G}x2x?xf32>
+  %partial_zero = linalg.fill ins(%zero : f32) outs(%partial_init : tensor<{G}x2x?xf32>) -> tensor<{G}x2x?xf32>
+  %partials = linalg.generic {
+      indexing_maps = [affine_map<(g, k, j, r) -> (g, r, j)>, affine_map<(g, k, j, r) -> (g, r, j)>,
+                       affine_map<(g, k, j, r) -> (g, r)>, affine_map<(g, k, j, r) -> (g, r)>,
+                       affine_map<(g, k, j, r) -> (g, k, j)>],
+      iterator_types = ["parallel", "parallel", "parallel", "reduction"]{PARTIAL_CONFIG}}
       ins(%dy_blocks, %x_blocks, %mean_blocks, %rstd_blocks : tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}xf32>, tensor<{G}x{R}xf32>)
-      outs(%partial_zero : tensor<{G}x?xf32>) {
+      outs(%partial_zero : tensor<{G}x2x?xf32>) {
   ^bb0(%dy_s: {T}, %x_s: {T}, %mean_s: f32, %rstd_s: f32, %acc: f32):
+    %k = linalg.index 1 : index
+    %is_dgamma = arith.cmpi eq, %k, %c1 : index
     %dy_w = widen %dy_s
     %x_w = widen %x_s
     %centred = arith.subf %x_w, %mean_s : f32
     %xhat = arith.mulf %centred, %rstd_s : f32
     %dy_xhat = arith.mulf %dy_w, %xhat : f32
-    %sum = arith.addf %acc, %dy_xhat : f32
+    %term = arith.select %is_dgamma, %dy_xhat, %dy_w : f32
+    %sum = arith.addf %acc, %term : f32
     linalg.yield %sum : f32
-  } -> tensor<{G}x?xf32>
+  } -> tensor<{G}x2x?xf32>
+  %dbeta_partial = tensor.extract_slice %partials[0, 0, 0] [{G}, 1, %n] [1, 1, 1] : tensor<{G}x2x?xf32> to tensor<{G}x?xf32>
+  %dgamma_partial = tensor.extract_slice %partials[0, 1, 0] [{G}, 1, %n] [1, 1, 1] : tensor<{G}x2x?xf32> to tensor<{G}x?xf32>
   %col_init = tensor.empty(%n) : tensor<?xf32>
   %col_zero = linalg.fill ins(%zero : f32) outs(%col_init : tensor<?xf32>) -> tensor<?xf32>
   %dbeta_f32 = linalg.generic {

@@ -21,9 +21,12 @@
 #rows = affine_map<(i, j) -> (i)>
 #cols = affine_map<(i, j) -> (j)>
 
+// %dx_storage is the caller's buffer that receives dX (iree.abi.output): no
+// per-call allocation of the largest result, and callers can poison it.
 func.func @layernorm_backward(
     %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>,
-    %mean_arg: tensor<{M}xf32>, %rstd_arg: tensor<{M}xf32>)
+    %mean_arg: tensor<{M}xf32>, %rstd_arg: tensor<{M}xf32>,
+    %dx_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index})
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean_arg, %rstd_arg)
       : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
@@ -34,7 +37,8 @@ func.func @layernorm_backward(
 // For callers that did not keep the forward's statistics: recomputes mean and
 // rstd from X (two-pass, so a large common offset in X costs no accuracy).
 func.func @layernorm_backward_recompute(
-    %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>, %eps: f32)
+    %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>, %eps: f32,
+    %dx_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index})
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %mean, %rstd = func.call @row_statistics(%x_arg, %eps)
       : (tensor<{M}x{N}x{T}>, f32) -> (tensor<{M}xf32>, tensor<{M}xf32>)

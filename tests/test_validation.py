@@ -90,3 +90,11 @@ def test_vmvx_refuses_f16_by_name():
     dy, x, gamma = arrays(dtype=np.float16)
     with pytest.raises(TypeError, match="f16 is not supported on vmvx-generic"):
         kernels.backward(dy, x, gamma)
+
+
+def test_bad_out_buffer(cpu):
+    dy, x, gamma = arrays()
+    with pytest.raises(TypeError, match="out must be a device array"):
+        cpu.backward(dy, x, gamma, out=np.empty_like(x))
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 8\) and dtype float32"):
+        cpu.backward(dy, x, gamma, out=cpu.allocate((4, 8), np.float16))

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On a lent GPU machine with no compiler: install the carried runtime wheel and
+# this package, run the test suite on the cuda driver against carried
+# artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
+# Usage: scripts/device_run.sh [tests] [bench DTYPE...]
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+export LNBWD_IREE_ARTIFACTS=$PWD/.device/artifacts LNBWD_IREE_CACHE=/tmp/lnbwd-cache
+OUT=${OUT:-/tmp/out}
+REPO=$PWD
+# Run from elsewhere so the source tree does not shadow the installed package.
+cd /tmp
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+python3 -m lnbwd_iree info
+for step in "$@"; do
+  case "$step" in
+    tests)
+      LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -p no:cacheprovider "$REPO/tests" \
+        -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
+    f32|bf16|f16)
+      python3 -m lnbwd_iree bench --device cuda --dtype "$step" \
+        --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
+        --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$step.json" ;;
+    profile)
+      ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/profile_dispatches.py" 8192x4096 f32 2>&1 \
+        | grep -E "layernorm|gpu__time_duration" | tee "$OUT/ncu_8192x4096_f32.log" | tail -20 ;;
+  esac
+done
