@@ -23,6 +23,15 @@ for step in "$@"; do
       python3 -m lnbwd_iree bench --device cuda --dtype "$step" \
         --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
         --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$step.json" ;;
+    flags)
+      # Runtime flag variants on three shapes, IREE only (IREE_PY_RUNTIME_FLAGS is read at import).
+      for flags in "" "--cuda_async_allocations=false" "--cuda_use_streams=false"; do
+        echo "== runtime flags: ${flags:-default}"
+        IREE_PY_RUNTIME_FLAGS="$flags" python3 -m lnbwd_iree bench --device cuda --dtype f32 --impl iree_static \
+          --shape 8192x4096 --shape 1024x512 --shape 4096x1024 --json "/tmp/flags.json" | grep iree_static
+      done ;;
+    overhead)
+      python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
     profile)
       ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/profile_dispatches.py" 8192x4096 f32 2>&1 \
         | grep -E "layernorm|gpu__time_duration" | tee "$OUT/ncu_8192x4096_f32.log" | tail -20 ;;
