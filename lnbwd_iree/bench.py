@@ -190,8 +190,10 @@ def run(device: str, shapes, dtypes, *, chip=None, artifact_dir=None, impls=None
                     [kernels.to_device(a) for a in (make_inputs(rng, m, n, dtype)[:2] if i else (dy, x))]
                     for i in range(n_sets)
                 ]
-                # dX goes to a buffer allocated once per set, as a training loop would keep it.
-                outs = [kernels.allocate((m, n), dy.dtype) for _ in range(n_sets)]
+                # Results go to buffers allocated once per set, as a training loop would keep them.
+                outs = [
+                    tuple(kernels.allocate(shape, dy.dtype) for shape in ((m, n), (n,), (n,))) for _ in range(n_sets)
+                ]
                 g_dev, mean_dev, rstd_dev = (kernels.to_device(a) for a in (gamma, mean, rstd))
                 outputs = [np.asarray(o.to_host()) for o in kernels.backward(*sets[0], g_dev, mean_dev, rstd_dev, out=outs[0])]
                 seconds = time_calls(

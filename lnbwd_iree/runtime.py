@@ -102,6 +102,16 @@ def check_eps(eps) -> float:
     return eps
 
 
+@dataclass
+class _Entry:
+    """One loaded entry point and the scratch buffers its calls reuse."""
+
+    context: ireert.VmContext
+    function: ireert.VmFunction
+    size_function: ireert.VmFunction | None
+    transients: dict  # (M, N) -> HalBuffer
+
+
 class LayerNormKernels:
     """The LayerNorm kernels bound to one device.
 
@@ -112,6 +122,11 @@ class LayerNormKernels:
     before the cache; with it a deployment needs no compiler.
     ``static_shapes``: use an artifact specialised to each call's (M, N)
     (compiled on first use) instead of the one dynamic-shape artifact.
+
+    Calls are queued in order on one timeline semaphore (call k waits for
+    value k and signals k + 1), so a call may use what an earlier call wrote
+    even with ``wait=False``; each entry point's scratch (transient) buffer is
+    therefore reused safely by the next call.
     """
 
     def __init__(
@@ -131,46 +146,75 @@ class LayerNormKernels:
         self.store = ArtifactStore(cache_dir, [artifact_dir] if artifact_dir is not None else [])
         self._instance = ireert.VmInstance()
         self._hal_module = ireert.create_hal_module(self._instance, self.device)
-        self._functions: dict[tuple[Specialization, str], tuple[ireert.VmContext, ireert.VmFunction]] = {}
-        # Calls are ordered on one timeline: call k waits for value k, signals k + 1.
+        self._entries: dict[tuple[Specialization, str], _Entry] = {}
         self._timeline = self.device.create_semaphore(0)
         self._last_signal = 0
 
-    def function(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]):
-        """(context, function) of entry point ``name`` of ``kernel``'s artifact for
-        [M, N] = ``shape``, loaded once."""
+    def entry(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]) -> _Entry:
+        """Entry point ``name`` of ``kernel``'s artifact for [M, N] = ``shape``, loaded once."""
         self.target.check_dtype(dtype)
         spec = Specialization(kernel, dtype, *shape) if self.static_shapes else Specialization(kernel, dtype)
-        key = (spec, name)
-        if key not in self._functions:
+        if (spec, name) not in self._entries:
             path = self.store.get(spec, self.target)
             vm_module = ireert.VmModule.copy_buffer(self._instance, path.read_bytes())
             context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
             for fn_name in kernel.functions:
-                self._functions[(spec, fn_name)] = (context, vm_module.lookup_function(fn_name))
-        return self._functions[key]
+                function = vm_module.lookup_function(fn_name)
+                size_name = function.reflection.get("iree.abi.transients.size")
+                size_function = vm_module.lookup_function(size_name) if size_name else None
+                self._entries[(spec, fn_name)] = _Entry(context, function, size_function, {})
+        return self._entries[(spec, name)]
 
-    def call(self, kernel: Kernel, problem: "Problem", name: str, args, n_results: int, *, wait: bool = True):
-        """Queues one call after the previous one (coarse-fences ABI); waits for it when ``wait``."""
-        context, function = self.function(kernel, problem.dtype, name, (problem.m, problem.n))
-        arg_list = ireert.VmVariantList(len(args) + 2)
+    def _buffer(self, nbytes: int) -> ireert.HalBuffer:
+        return self.device.allocator.allocate_buffer(
+            memory_type=ireert.MemoryType.DEVICE_LOCAL,
+            allowed_usage=ireert.BufferUsage.DEFAULT,
+            allocation_size=max(nbytes, 256),
+        )
+
+    def _transients(self, entry: _Entry, shape: tuple[int, int], args: list) -> ireert.HalBuffer:
+        """The entry's scratch buffer for ``shape``, sized once by the module itself."""
+        if shape not in entry.transients:
+            constant = entry.function.reflection.get("iree.abi.transients.size.constant")
+            if constant is not None:
+                size = int(constant)
+            else:
+                # The size query takes the call's own arguments (scratch and fences unused).
+                query = self._arg_list(args, self._buffer(0), ireert.HalFence(1), ireert.HalFence(1))
+                result = ireert.VmVariantList(1)
+                entry.context.invoke(entry.size_function, query, result)
+                size = int(result.get_variant(0))
+            entry.transients[shape] = self._buffer(size)
+        return entry.transients[shape]
+
+    @staticmethod
+    def _arg_list(args, transients, wait_fence, signal_fence) -> ireert.VmVariantList:
+        arg_list = ireert.VmVariantList(len(args) + 3)
         for arg in args:
             if isinstance(arg, float):
                 arg_list.push_float(arg)
             else:
                 arg_list.push_ref(arg._buffer_view.ref)
-        arg_list.push_ref(ireert.HalFence.create_at(self._timeline, self._last_signal).ref)
+        arg_list.push_ref(transients.ref)
+        arg_list.push_ref(wait_fence.ref)
+        arg_list.push_ref(signal_fence.ref)
+        return arg_list
+
+    def call(self, kernel: Kernel, problem: "Problem", name: str, args: list, outputs: list, *, wait: bool = True):
+        """Queues one call after the previous one (coarse-fences ABI) writing into
+        ``outputs``; waits for it when ``wait``. Returns ``outputs``."""
+        entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
+        args = [*args, *outputs]
+        transients = self._transients(entry, (problem.m, problem.n), args)
+        wait_fence = ireert.HalFence.create_at(self._timeline, self._last_signal)
         self._last_signal += 1
         signal = ireert.HalFence.create_at(self._timeline, self._last_signal)
-        arg_list.push_ref(signal.ref)
-        results = ireert.VmVariantList(n_results)
-        context.invoke(function, arg_list, results)
+        entry.context.invoke(
+            entry.function, self._arg_list(args, transients, wait_fence, signal), ireert.VmVariantList(len(outputs))
+        )
         if wait:
             signal.wait()
-        return [
-            ireert.DeviceArray(self.device, results.get_as_object(i, ireert.HalBufferView), implicit_host_transfer=True)
-            for i in range(n_results)
-        ]
+        return outputs
 
     def synchronize(self) -> None:
         """Waits for every call queued so far (after calls made with ``wait=False``)."""
@@ -199,27 +243,34 @@ class LayerNormKernels:
     def allocate(self, shape, dtype) -> ireert.DeviceArray:
         """An uninitialised device array (no host copy, no fill)."""
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        buffer = self.device.allocator.allocate_buffer(
-            memory_type=ireert.MemoryType.DEVICE_LOCAL,
-            allowed_usage=ireert.BufferUsage.DEFAULT,
-            allocation_size=nbytes,
-        )
+        buffer = self._buffer(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         element_type = ireert.array_interop.map_dtype_to_element_type(dtype)
         return ireert.DeviceArray(
             self.device, ireert.HalBufferView(buffer, list(shape), element_type), implicit_host_transfer=True
         )
 
-    def _output(self, out, name: str, shape: tuple[int, ...], dtype: str):
-        """The caller's ``out`` array, checked, or a new uninitialised one."""
-        storage = STORAGE_DTYPES[dtype]
-        if out is None:
-            return self.allocate(shape, storage)
-        if not isinstance(out, ireert.DeviceArray):
-            raise TypeError(f"{name} must be a device array of this device (LayerNormKernels.allocate), got {type(out).__name__}")
-        if tuple(out.shape) != shape or np.dtype(out.dtype) != storage:
-            raise ValueError(f"{name} must have shape {shape} and dtype {np.dtype(storage)}, got {tuple(out.shape)} {np.dtype(out.dtype)}")
-        return out
+    def _outputs(self, out, specs: list[tuple[str, tuple[int, ...], np.dtype]]) -> list:
+        """``out`` checked against ``specs`` [(name, shape, dtype)], with new
+        arrays where it gives none. ``out``: None, the first output alone, or
+        a tuple of all of them (None entries allowed)."""
+        given = list(out) if isinstance(out, (tuple, list)) else [out]
+        if len(given) > len(specs):
+            raise ValueError(f"out has {len(given)} arrays; this call has {len(specs)} outputs")
+        given += [None] * (len(specs) - len(given))
+        arrays = []
+        for array, (name, shape, dtype) in zip(given, specs):
+            if array is None:
+                array = self.allocate(shape, dtype)
+            elif not isinstance(array, ireert.DeviceArray):
+                raise TypeError(
+                    f"out {name} must be a device array of this device (LayerNormKernels.allocate), got {type(array).__name__}"
+                )
+            elif tuple(array.shape) != shape or np.dtype(array.dtype) != dtype:
+                raise ValueError(
+                    f"out {name} must have shape {shape} and dtype {dtype}, got {tuple(array.shape)} {np.dtype(array.dtype)}"
+                )
+            arrays.append(array)
+        return arrays
 
     def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
         """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
@@ -238,9 +289,9 @@ class LayerNormKernels:
     def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, out=None, wait: bool = True):
         """dX, dgamma, dbeta as device arrays. ``mean``/``rstd`` are the forward's
         f32 statistics; when both are None they are recomputed from X with ``eps``.
-        ``out``: a device array of X's shape and dtype that receives dX.
-        ``wait=False`` returns once the call is queued: read results only after
-        ``synchronize()`` (later calls on this object are ordered after it)."""
+        ``out``: device arrays that receive the results: dX alone or (dX,
+        dgamma, dbeta); the rest are allocated. ``wait=False`` returns once the
+        call is queued: read results only after ``synchronize()``."""
         if (mean is None) != (rstd is None):
             raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
         stats = {} if mean is None else {"mean": mean, "rstd": rstd}
@@ -252,32 +303,35 @@ class LayerNormKernels:
             # torch's convention for an empty batch: empty dX, zero parameter grads.
             zeros = np.zeros(problem.n, storage)
             return self.empty(tuple(x.shape), storage), self.to_device(zeros), self.to_device(zeros)
+        dx, dgamma, dbeta = self._outputs(
+            out, [("dx", tuple(x.shape), storage), ("dgamma", (problem.n,), storage), ("dbeta", (problem.n,), storage)]
+        )
         mn = (problem.m, problem.n)
-        dx_storage = self._as_matrix(self._output(out, "out", tuple(x.shape), problem.dtype), mn)
         args = [self._as_matrix(dy, mn), self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,))]
         if mean is None:
-            name, args = "layernorm_backward_recompute", [*args, eps, dx_storage]
+            name, args = "layernorm_backward_recompute", [*args, eps]
         else:
-            stats = [self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
-            name, args = "layernorm_backward", [*args, *stats, dx_storage]
-        dx, dgamma, dbeta = self.call(LAYERNORM_BACKWARD, problem, name, args, 3, wait=wait)
-        return self._as_matrix(dx, tuple(x.shape)), dgamma, dbeta
+            name = "layernorm_backward"
+            args += [self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
+        self.call(LAYERNORM_BACKWARD, problem, name, args, [self._as_matrix(dx, mn), dgamma, dbeta], wait=wait)
+        return dx, dgamma, dbeta
 
     def forward(self, x, gamma, beta, *, eps: float = 1e-5, out=None, wait: bool = True):
-        """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading dims.
-        ``out`` (receives y) and ``wait`` as for ``backward``."""
+        """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading
+        dims. ``out`` (y alone or (y, mean, rstd)) and ``wait`` as for ``backward``."""
         problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
         self.target.check_dtype(problem.dtype)
         eps = check_eps(eps)
+        storage = STORAGE_DTYPES[problem.dtype]
         if problem.m == 0:
             empty_stats = self.empty(problem.batch_shape, np.float32)
-            return self.empty(tuple(x.shape), STORAGE_DTYPES[problem.dtype]), empty_stats, empty_stats
-        mn = (problem.m, problem.n)
-        y_storage = self._as_matrix(self._output(out, "out", tuple(x.shape), problem.dtype), mn)
-        args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps, y_storage]
-        y, mean, rstd = self.call(LAYERNORM_FORWARD, problem, "layernorm_forward", args, 3, wait=wait)
-        return (
-            self._as_matrix(y, tuple(x.shape)),
-            self._as_matrix(mean, problem.batch_shape),
-            self._as_matrix(rstd, problem.batch_shape),
+            return self.empty(tuple(x.shape), storage), empty_stats, empty_stats
+        f32 = np.dtype(np.float32)
+        y, mean, rstd = self._outputs(
+            out, [("y", tuple(x.shape), storage), ("mean", problem.batch_shape, f32), ("rstd", problem.batch_shape, f32)]
         )
+        mn = (problem.m, problem.n)
+        args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps]
+        outputs = [self._as_matrix(y, mn), self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
+        self.call(LAYERNORM_FORWARD, problem, "layernorm_forward", args, outputs, wait=wait)
+        return y, mean, rstd

@@ -21,12 +21,18 @@
 #rows = affine_map<(i, j) -> (i)>
 #cols = affine_map<(i, j) -> (j)>
 
-// %dx_storage is the caller's buffer that receives dX (iree.abi.output): no
-// per-call allocation of the largest result, and callers can poison it.
+// Results land in caller-owned storage (iree.abi.output), and the scratch
+// space between dispatches is the caller's %transients buffer, sized by the
+// exported layernorm_backward_transients_size: a call allocates nothing, so
+// back-to-back calls queue without allocator round trips, and callers can
+// poison the outputs.
 func.func @layernorm_backward(
     %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>,
     %mean_arg: tensor<{M}xf32>, %rstd_arg: tensor<{M}xf32>,
-    %dx_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index})
+    %dx_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index},
+    %dgamma_storage: tensor<{N}x{T}> {iree.abi.output = 1 : index},
+    %dbeta_storage: tensor<{N}x{T}> {iree.abi.output = 2 : index},
+    %transients: !hal.buffer {iree.abi.transients})
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean_arg, %rstd_arg)
       : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
@@ -38,7 +44,10 @@ func.func @layernorm_backward(
 // rstd from X (two-pass, so a large common offset in X costs no accuracy).
 func.func @layernorm_backward_recompute(
     %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>, %eps: f32,
-    %dx_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index})
+    %dx_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index},
+    %dgamma_storage: tensor<{N}x{T}> {iree.abi.output = 1 : index},
+    %dbeta_storage: tensor<{N}x{T}> {iree.abi.output = 2 : index},
+    %transients: !hal.buffer {iree.abi.transients})
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %mean, %rstd = func.call @row_statistics(%x_arg, %eps)
       : (tensor<{M}x{N}x{T}>, f32) -> (tensor<{M}xf32>, tensor<{M}xf32>)

@@ -1,11 +1,14 @@
 // LayerNorm-2D forward: Y = (X - mean) * rstd * gamma + beta over rows of
 // length N, returning the statistics mean and rstd that the backward consumes.
-// Y is written into the caller's %y_storage (iree.abi.output).
+// Results and scratch space are the caller's, as in layernorm_backward.mlir.
 // Template fields as in layernorm_backward.mlir.
 
 func.func @layernorm_forward(
     %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>, %beta_arg: tensor<{N}x{T}>, %eps: f32,
-    %y_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index})
+    %y_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index},
+    %mean_storage: tensor<{M}xf32> {iree.abi.output = 1 : index},
+    %rstd_storage: tensor<{M}xf32> {iree.abi.output = 2 : index},
+    %transients: !hal.buffer {iree.abi.transients})
     -> (tensor<{M}x{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index

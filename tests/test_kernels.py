@@ -53,10 +53,11 @@ def test_backward_with_saved_stats(kernels, rng, dtype, shape):
     _, mean, rstd = forward_reference(x, gamma, beta)
     mean, rstd = mean.astype(np.float32), rstd.astype(np.float32)
     want = backward_reference(dy, x, gamma, mean, rstd)
-    # dX lands in a NaN-poisoned buffer: an element the kernel skips stays NaN.
-    poisoned = kernels.to_device(np.full(shape, np.nan, DTYPES[dtype]))
-    got = host(kernels.backward(dy, x, gamma, mean, rstd, out=poisoned))
-    assert np.isfinite(np.asarray(poisoned.to_host(), np.float64)).all(), "dX has unwritten elements"
+    # Results land in NaN-poisoned buffers: an element the kernel skips stays NaN.
+    poisoned = [kernels.to_device(np.full(s, np.nan, DTYPES[dtype])) for s in (shape, shape[-1:], shape[-1:])]
+    got = host(kernels.backward(dy, x, gamma, mean, rstd, out=tuple(poisoned)))
+    for name, array in zip(("dx", "dgamma", "dbeta"), poisoned):
+        assert np.isfinite(np.asarray(array.to_host(), np.float64)).all(), f"{name} has unwritten elements"
     for name, g, w, scale in zip(("dx", "dgamma", "dbeta"), got, want, sum_scales(dy, x, gamma, mean, rstd)):
         assert g.dtype == DTYPES[dtype]
         assert_close(name, g, w, TOLERANCE[dtype], scale)

@@ -94,7 +94,7 @@ def test_vmvx_refuses_f16_by_name():
 
 def test_bad_out_buffer(cpu):
     dy, x, gamma = arrays()
-    with pytest.raises(TypeError, match="out must be a device array"):
+    with pytest.raises(TypeError, match="out dx must be a device array"):
         cpu.backward(dy, x, gamma, out=np.empty_like(x))
-    with pytest.raises(ValueError, match=r"out must have shape \(4, 8\) and dtype float32"):
+    with pytest.raises(ValueError, match=r"out dx must have shape \(4, 8\) and dtype float32"):
         cpu.backward(dy, x, gamma, out=cpu.allocate((4, 8), np.float16))
