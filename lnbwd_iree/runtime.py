@@ -169,7 +169,7 @@ class LayerNormKernels:
         return self.device.allocator.allocate_buffer(
             memory_type=ireert.MemoryType.DEVICE_LOCAL,
             allowed_usage=ireert.BufferUsage.DEFAULT,
-            allocation_size=max(nbytes, 256),
+            allocation_size=nbytes,
         )
 
     def _transients(self, entry: _Entry, shape: tuple[int, int], args: list) -> ireert.HalBuffer:
@@ -180,11 +180,11 @@ class LayerNormKernels:
                 size = int(constant)
             else:
                 # The size query takes the call's own arguments (scratch and fences unused).
-                query = self._arg_list(args, self._buffer(0), ireert.HalFence(1), ireert.HalFence(1))
+                query = self._arg_list(args, self._buffer(1), ireert.HalFence(1), ireert.HalFence(1))
                 result = ireert.VmVariantList(1)
                 entry.context.invoke(entry.size_function, query, result)
                 size = int(result.get_variant(0))
-            entry.transients[shape] = self._buffer(size)
+            entry.transients[shape] = self._buffer(max(size, 1))
         return entry.transients[shape]
 
     @staticmethod
@@ -241,7 +241,8 @@ class LayerNormKernels:
         )
 
     def allocate(self, shape, dtype) -> ireert.DeviceArray:
-        """An uninitialised device array (no host copy, no fill)."""
+        """An uninitialised device array (no host copy, no fill). Its buffer is
+        exactly its size: DeviceArray.to_host copies the whole buffer."""
         dtype = np.dtype(dtype)
         buffer = self._buffer(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         element_type = ireert.array_interop.map_dtype_to_element_type(dtype)
