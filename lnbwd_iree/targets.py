@@ -22,7 +22,13 @@ class Target:
     def flags(self) -> tuple[str, ...]:
         # async-external: entry points take wait/signal fences, so calls can be
         # queued back to back with no host wait between them (runtime.py).
-        flags = [f"--iree-hal-target-backends={self.backend}", "--iree-execution-model=async-external"]
+        # aggressive fusion: the two row reductions and dX form one dispatch
+        # (one read of each row of dY and X from memory instead of two).
+        flags = [
+            f"--iree-hal-target-backends={self.backend}",
+            "--iree-execution-model=async-external",
+            "--iree-dispatch-creation-enable-aggressive-fusion",
+        ]
         if self.backend == "rocm":
             flags.append(f"--iree-rocm-target={self.chip}")
         elif self.backend == "cuda":
