@@ -81,12 +81,46 @@ class Specialization:
             f"workgroup_size = [{2 * threads}, 1, 1] subgroup_size = {subgroup}>>"
         )
 
+    def row_configs(self, target: Target) -> dict[str, str]:
+        """Schedules for the dispatch that holds both row reductions and dX on
+        GPU targets with static N. IREE's default gives each row one subgroup;
+        with up to 32 rows in flight per SM their dY and X rows (2 * N *
+        itemsize bytes each) overflow L1 and L2 before the second and third
+        pass over the row re-read them. Several subgroups per row keep fewer
+        rows in flight, so the re-reads hit cache."""
+        empty = {"ROW_SUM_CONFIG": "", "ROW_ROOT_CONFIG": "", "ROW_DX_CONFIG": ""}
+        if target.backend not in ("cuda", "rocm") or self.n is None:
+            return empty
+        vector = 16 // ITEMSIZE[self.dtype]
+        lanes = 64 if target.chip.startswith("gfx9") else 32
+        subgroups = next((s for s in (8, 4, 2, 1) if self.n % (lanes * s * vector) == 0), None)
+        if subgroups is None:
+            return empty
+        step = lanes * subgroups * vector
+        basis = f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[1, {subgroups}], [0, 1]], thread = [0, {vector}]"
+        reduction = f"#iree_gpu.lowering_config<{{{basis}, partial_reduction = [0, {step}]}}>"
+        root = f"#iree_gpu.lowering_config<{{{basis}, partial_reduction = [0, {step}], workgroup = [1, 0]}}>"
+        elementwise = f"#iree_gpu.lowering_config<{{{basis}, serial = [0, {step}]}}>"
+        translation = (
+            "#iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<VectorDistribute> "
+            f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}>"
+        )
+        return {
+            "ROW_SUM_CONFIG": f", lowering_config = {reduction}",
+            "ROW_ROOT_CONFIG": (
+                f", compilation_info = #iree_codegen.compilation_info<lowering_config = {root}, "
+                f"translation_info = {translation}>"
+            ),
+            "ROW_DX_CONFIG": f", lowering_config = {elementwise}",
+        }
+
     def source(self, target: Target) -> str:
         fields = {
             "T": self.dtype,
             "M": "?" if self.m is None else str(self.m),
             "N": "?" if self.n is None else str(self.n),
             "COLUMN_SUMS": "column_sums_direct.mlir",
+            **(self.row_configs(target) if self.kernel.name == "layernorm_backward" else {}),
         }
         blocks = self.column_blocks()
         if blocks is not None:

@@ -4,7 +4,8 @@
 // Template fields (filled by lnbwd_iree/template.py): {T} storage element type
 // of dY/X/gamma/dX/dgamma/dbeta (f32, f16, bf16), {M} and {N} the static dims
 // or "?" for dynamic, and COLUMN_SUMS, the file that computes %dgamma_f32 and %dbeta_f32
-// (column_sums_direct.mlir, or column_sums_blocked.mlir for static M). Arithmetic and statistics are f32 whatever {T} is.
+// (column_sums_direct.mlir, or column_sums_blocked.mlir for static M), and
+// ROW_*_CONFIG, hand-set GPU schedules for the fused row dispatch (or empty). Arithmetic and statistics are f32 whatever {T} is.
 // `%a = widen %b` / `%a = narrow %b` lines become arith.extf / arith.truncf for
 // 16-bit {T} and vanish for f32.
 //
@@ -49,8 +50,11 @@ func.func @layernorm_backward_recompute(
     %dbeta_storage: tensor<{N}x{T}> {iree.abi.output = 2 : index},
     %transients: !hal.buffer {iree.abi.transients})
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
-  %mean, %rstd = func.call @row_statistics(%x_arg, %eps)
+  %mean_fused, %rstd_fused = func.call @row_statistics(%x_arg, %eps)
       : (tensor<{M}x{N}x{T}>, f32) -> (tensor<{M}xf32>, tensor<{M}xf32>)
+  // Statistics in dispatches of their own: the backward's row dispatch is then
+  // the same as in @layernorm_backward, and so is its hand-set GPU schedule.
+  %mean, %rstd = util.optimization_barrier %mean_fused, %rstd_fused : tensor<{M}xf32>, tensor<{M}xf32>
   %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean, %rstd)
       : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
       -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>)
@@ -86,7 +90,7 @@ func.func private @backward_with_stats(
   // bufferization rejects generics with two reduction outputs.
   %row_sum_g = linalg.generic {
       indexing_maps = [#rows_cols, #cols, #rows],
-      iterator_types = ["parallel", "reduction"]}
+      iterator_types = ["parallel", "reduction"]{ROW_SUM_CONFIG}}
       ins(%dy, %gamma : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?xf32>) {
   ^bb0(%dy_s: {T}, %gamma_s: {T}, %acc: f32):
     %dy_w = widen %dy_s
@@ -103,7 +107,7 @@ func.func private @backward_with_stats(
   // dY and X are read once for all three instead of once per reduction.
   %row_sum_gc_xhat = linalg.generic {
       indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows, #rows],
-      iterator_types = ["parallel", "reduction"]}
+      iterator_types = ["parallel", "reduction"]{ROW_ROOT_CONFIG}}
       ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>)
       outs(%row_zero : tensor<?xf32>) {
   ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: f32, %rstd_s: f32, %sum_g: f32, %acc: f32):
@@ -123,7 +127,7 @@ func.func private @backward_with_stats(
   %dx_init = tensor.empty(%m, %n) : tensor<?x?x{T}>
   %dx = linalg.generic {
       indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows, #rows, #rows_cols],
-      iterator_types = ["parallel", "parallel"]}
+      iterator_types = ["parallel", "parallel"]{ROW_DX_CONFIG}}
       ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g, %row_sum_gc_xhat
           : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>)
       outs(%dx_init : tensor<?x?x{T}>) {

@@ -19,6 +19,10 @@ for step in "$@"; do
     tests)
       LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -p no:cacheprovider "$REPO/tests" \
         -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
+    quick-f32|quick-bf16)
+      python3 -m lnbwd_iree bench --device cuda --dtype "${step#quick-}" --impl iree_static --impl torch_eager \
+        --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
+        --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "/tmp/quick.json" | grep -E "iree|torch" ;;
     f32|bf16|f16)
       python3 -m lnbwd_iree bench --device cuda --dtype "$step" \
         --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
