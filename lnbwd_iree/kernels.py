@@ -114,14 +114,30 @@ class Specialization:
             "ROW_DX_CONFIG": f", lowering_config = {elementwise}",
         }
 
+    def stats_barrier(self, needed: bool) -> str:
+        """Defines %mean, %rstd from %mean_fused, %rstd_fused in the recompute
+        entry: through an optimization barrier when the row dispatch has a
+        hand-set schedule (static shapes only: a barrier on dynamic tensors
+        hides their dims from IREE), else as plain aliases."""
+        if needed:
+            stats = f"tensor<{self.m}xf32>"
+            return f"%mean, %rstd = util.optimization_barrier %mean_fused, %rstd_fused : {stats}, {stats}"
+        stats = f"tensor<{'?' if self.m is None else self.m}xf32>"
+        return (
+            f"%mean = tensor.cast %mean_fused : {stats} to {stats}\n"
+            f"  %rstd = tensor.cast %rstd_fused : {stats} to {stats}"
+        )
+
     def source(self, target: Target) -> str:
         fields = {
             "T": self.dtype,
             "M": "?" if self.m is None else str(self.m),
             "N": "?" if self.n is None else str(self.n),
             "COLUMN_SUMS": "column_sums_direct.mlir",
-            **(self.row_configs(target) if self.kernel.name == "layernorm_backward" else {}),
         }
+        if self.kernel.name == "layernorm_backward":
+            configs = self.row_configs(target)
+            fields.update(configs, STATS_BARRIER=self.stats_barrier(bool(configs["ROW_ROOT_CONFIG"])))
         blocks = self.column_blocks()
         if blocks is not None:
             fields.update(

@@ -1,13 +1,14 @@
 // LayerNorm-2D backward: dX, dgamma, dbeta from dY, X, gamma and the forward's
 // saved statistics mean and rstd = 1/sqrt(var + eps), all rows of length N.
 //
-// Template fields (filled by lnbwd_iree/template.py): {T} storage element type
-// of dY/X/gamma/dX/dgamma/dbeta (f32, f16, bf16), {M} and {N} the static dims
-// or "?" for dynamic, and COLUMN_SUMS, the file that computes %dgamma_f32 and %dbeta_f32
-// (column_sums_direct.mlir, or column_sums_blocked.mlir for static M), and
-// ROW_*_CONFIG, hand-set GPU schedules for the fused row dispatch (or empty). Arithmetic and statistics are f32 whatever {T} is.
-// `%a = widen %b` / `%a = narrow %b` lines become arith.extf / arith.truncf for
-// 16-bit {T} and vanish for f32.
+// A template (lnbwd_iree/template.py fills its upper-case fields in braces):
+// T is the storage type of dY, X, gamma, dX, dgamma, dbeta (f32, f16, bf16);
+// M and N are static dims or "?"; COLUMN_SUMS names the file that computes
+// %dgamma_f32 and %dbeta_f32 (column_sums_direct.mlir, or
+// column_sums_blocked.mlir for static M); ROW_*_CONFIG are hand-set GPU
+// schedules for the fused row dispatch, or empty. Arithmetic and statistics
+// are f32 whatever T is; `%a = widen %b` / `%a = narrow %b` lines become
+// arith.extf / arith.truncf for 16-bit T and vanish for f32.
 //
 // Math, with x_hat = (x - mean) * rstd and g = gamma * dY:
 //   dbeta_j  = sum_i dY_ij
@@ -52,9 +53,10 @@ func.func @layernorm_backward_recompute(
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %mean_fused, %rstd_fused = func.call @row_statistics(%x_arg, %eps)
       : (tensor<{M}x{N}x{T}>, f32) -> (tensor<{M}xf32>, tensor<{M}xf32>)
-  // Statistics in dispatches of their own: the backward's row dispatch is then
-  // the same as in @layernorm_backward, and so is its hand-set GPU schedule.
-  %mean, %rstd = util.optimization_barrier %mean_fused, %rstd_fused : tensor<{M}xf32>, tensor<{M}xf32>
+  // STATS_BARRIER: with hand-set GPU schedules, an optimization barrier that
+  // keeps the statistics in dispatches of their own, so the backward's row
+  // dispatch and its schedule are those of @layernorm_backward; else a no-op.
+  {STATS_BARRIER}
   %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean, %rstd)
       : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
       -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>)
