@@ -158,7 +158,7 @@ def run(device: str, shapes, dtypes, *, chip=None, artifact_dir=None, impls=None
     log(f"device {device_name}: copy {copy_gbps and round(copy_gbps, 1)} GB/s, L2 {l2 >> 20} MiB")
 
     variants = {
-        "iree": runtime.LayerNormKernels(device, chip=chip, artifact_dir=artifact_dir),
+        "iree": runtime.LayerNormKernels(device, chip=chip, artifact_dir=artifact_dir, static_shapes=False),
         "iree_static": runtime.LayerNormKernels(device, chip=chip, artifact_dir=artifact_dir, static_shapes=True),
     }
     rng = np.random.default_rng(seed)

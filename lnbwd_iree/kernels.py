@@ -76,9 +76,9 @@ class Specialization:
         return (
             ", compilation_info = #iree_codegen.compilation_info<"
             f"lowering_config = #iree_gpu.lowering_config<{{workgroup = [1, 2, {threads * vector}, 0], "
-            f"thread = [0, 1, {vector}, 0], reduction = [0, 0, 0, {min(8, rows)}]}}>, "
+            f"thread = [0, 2, {vector}, 0], reduction = [0, 0, 0, {min(8, rows)}]}}>, "
             "translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<TileAndFuse> "
-            f"workgroup_size = [{2 * threads}, 1, 1] subgroup_size = {subgroup}>>"
+            f"workgroup_size = [{threads}, 1, 1] subgroup_size = {subgroup}>>"
         )
 
     def row_configs(self, target: Target) -> dict[str, str]:
@@ -93,7 +93,14 @@ class Specialization:
             return empty
         vector = 16 // ITEMSIZE[self.dtype]
         lanes = 64 if target.chip.startswith("gfx9") else 32
-        subgroups = next((s for s in (8, 4, 2, 1) if self.n % (lanes * s * vector) == 0), None)
+        # One thread per 128 bytes of a row's dY and X: with up to 2048 threads
+        # per SM/CU, the rows in flight then total about 256 KiB, what its L1
+        # holds, so the second and third pass over a row hit L1.
+        row_bytes = 2 * self.n * ITEMSIZE[self.dtype]
+        wanted = min(1024, max(64, row_bytes // 128)) // lanes
+        subgroups = next(
+            (s for s in (32, 16, 8, 4, 2, 1) if s <= max(wanted, 1) and self.n % (lanes * s * vector) == 0), None
+        )
         if subgroups is None:
             return empty
         step = lanes * subgroups * vector

@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 from iree import runtime as ireert
 
+from . import compiler
 from .cache import ArtifactStore
 from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Kernel, Specialization
 from .targets import DRIVER_BACKEND, target_for
@@ -120,8 +121,11 @@ class LayerNormKernels:
     ``backend``: "vmvx" runs the local drivers on IREE's portable VM backend.
     ``artifact_dir``: a folder made by ``lnbwd-iree compile --out``, searched
     before the cache; with it a deployment needs no compiler.
-    ``static_shapes``: use an artifact specialised to each call's (M, N)
-    (compiled on first use) instead of the one dynamic-shape artifact.
+    ``static_shapes``: True uses an artifact specialised to each call's
+    (M, N) (compiled on first use), False the one dynamic-shape artifact;
+    None (default) specialises on GPU targets, where it is several times
+    faster, whenever the specialised artifact can be had (prebuilt, or the
+    compiler is installed), and otherwise falls back to the dynamic one.
 
     Calls are queued in order on one timeline semaphore (call k waits for
     value k and signals k + 1), so a call may use what an earlier call wrote
@@ -137,7 +141,7 @@ class LayerNormKernels:
         backend: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         artifact_dir: str | os.PathLike | None = None,
-        static_shapes: bool = False,
+        static_shapes: bool | None = None,
     ):
         self.static_shapes = static_shapes
         self.target = target_for(device, chip, backend)
@@ -147,13 +151,27 @@ class LayerNormKernels:
         self._instance = ireert.VmInstance()
         self._hal_module = ireert.create_hal_module(self._instance, self.device)
         self._entries: dict[tuple[Specialization, str], _Entry] = {}
+        self._specs: dict[tuple[str, str, tuple[int, int]], Specialization] = {}
         self._timeline = self.device.create_semaphore(0)
         self._last_signal = 0
+
+    def specialization(self, kernel: Kernel, dtype: str, shape: tuple[int, int]) -> Specialization:
+        """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
+        key = (kernel.name, dtype, shape)
+        if key not in self._specs:
+            static, dynamic = Specialization(kernel, dtype, *shape), Specialization(kernel, dtype)
+            if self.static_shapes is None:
+                on_gpu = self.target.backend in ("cuda", "rocm")
+                obtainable = compiler.compiler_version() is not None or self.store.find(static, self.target)
+                self._specs[key] = static if on_gpu and obtainable else dynamic
+            else:
+                self._specs[key] = static if self.static_shapes else dynamic
+        return self._specs[key]
 
     def entry(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]) -> _Entry:
         """Entry point ``name`` of ``kernel``'s artifact for [M, N] = ``shape``, loaded once."""
         self.target.check_dtype(dtype)
-        spec = Specialization(kernel, dtype, *shape) if self.static_shapes else Specialization(kernel, dtype)
+        spec = self.specialization(kernel, dtype, shape)
         if (spec, name) not in self._entries:
             path = self.store.get(spec, self.target)
             vm_module = ireert.VmModule.copy_buffer(self._instance, path.read_bytes())

@@ -16,8 +16,8 @@
   %mean_blocks = tensor.expand_shape %mean_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
   %rstd_blocks = tensor.expand_shape %rstd_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
   // Both partial sums in one op: k = 0 sums dY (dbeta), k = 1 sums dY * x_hat
-  // (dgamma). With k inside one workgroup tile, the two threads of a column
-  // read the same dY and X bytes: one trip to DRAM, the second from L1.
+  // (dgamma). The GPU schedule gives both k of a column to one thread, so
+  // each dY and X element is loaded once for the two sums.
   %partial_init = tensor.empty(%n) : tensor<{G}x2x?xf32>
   %partial_zero = linalg.fill ins(%zero : f32) outs(%partial_init : tensor<{G}x2x?xf32>) -> tensor<{G}x2x?xf32>
   %partials = linalg.generic {
