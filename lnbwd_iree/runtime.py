@@ -42,8 +42,15 @@ def open_device(driver: str) -> ireert.HalDevice:
     return ireert.get_device(driver)
 
 
-def storage_dtype(name: str, array) -> str:
-    dtype = np.dtype(array.dtype)
+def shape_and_dtype(array) -> tuple[tuple[int, ...], np.dtype]:
+    """An array's shape and dtype; a DeviceArray's read from its buffer view
+    (DeviceArray.shape goes through NumPy's dispatch, slow on a hot path)."""
+    if isinstance(array, ireert.DeviceArray):
+        return tuple(array._buffer_view.shape), np.dtype(array.dtype)
+    return tuple(int(d) for d in array.shape), np.dtype(array.dtype)
+
+
+def storage_dtype(name: str, dtype: np.dtype) -> str:
     if dtype not in NUMPY_DTYPES:
         raise TypeError(
             f"{name} has dtype {dtype}; supported are float32, float16 and bfloat16 (ml_dtypes.bfloat16)"
@@ -60,38 +67,42 @@ class Problem:
     n: int
     batch_shape: tuple[int, ...]  # leading dims of X, flattened into M
 
-
-def check_rows(x_name: str, x) -> tuple[tuple[int, ...], int, int]:
-    shape = tuple(int(d) for d in x.shape)
-    if len(shape) < 2:
-        raise ValueError(f"{x_name} must have at least 2 dims [..., N], got shape {shape}")
-    n = shape[-1]
-    if n == 0:
-        raise ValueError(f"{x_name} has N == 0 (last dim): LayerNorm over an empty row is undefined")
-    return shape[:-1], int(np.prod(shape[:-1], dtype=np.int64)), n
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.batch_shape, self.n)
 
 
 def check_problem(rows: dict, vectors_n: dict, vectors_m: dict) -> Problem:
     """Validates shapes and dtypes. ``rows``: name -> [..., N] arrays that must
     agree; ``vectors_n``: name -> [N] arrays; ``vectors_m``: name -> f32 stats, one per row."""
-    (first_name, first), *others = rows.items()
-    batch_shape, m, n = check_rows(first_name, first)
-    dtype = storage_dtype(first_name, first)
-    for name, array in others:
-        if tuple(array.shape) != tuple(first.shape):
-            raise ValueError(f"{name} has shape {tuple(array.shape)} but {first_name} has {tuple(first.shape)}")
-    for name, array in [*others, *vectors_n.items()]:
-        if storage_dtype(name, array) != dtype:
-            raise TypeError(f"{name} has dtype {np.dtype(array.dtype)} but {first_name} has {np.dtype(first.dtype)}")
-    for name, array in vectors_n.items():
-        if tuple(array.shape) != (n,):
-            raise ValueError(f"{name} must have shape ({n},) to match the last dim of {first_name}, got {tuple(array.shape)}")
-    for name, array in vectors_m.items():
-        if np.dtype(array.dtype) != np.float32:
-            raise TypeError(f"{name} must be float32 (statistics are kept in f32), got {np.dtype(array.dtype)}")
-        if tuple(array.shape) not in (batch_shape, (*batch_shape, 1), (m,)):
+    rows = {name: shape_and_dtype(a) for name, a in rows.items()}
+    vectors_n = {name: shape_and_dtype(a) for name, a in vectors_n.items()}
+    vectors_m = {name: shape_and_dtype(a) for name, a in vectors_m.items()}
+    (first_name, (shape, first_dtype)), *others = rows.items()
+    if len(shape) < 2:
+        raise ValueError(f"{first_name} must have at least 2 dims [..., N], got shape {shape}")
+    batch_shape, n = shape[:-1], shape[-1]
+    if n == 0:
+        raise ValueError(f"{first_name} has N == 0 (last dim): LayerNorm over an empty row is undefined")
+    m = 1
+    for d in batch_shape:
+        m *= d
+    dtype = storage_dtype(first_name, first_dtype)
+    for name, (other_shape, _) in others:
+        if other_shape != shape:
+            raise ValueError(f"{name} has shape {other_shape} but {first_name} has {shape}")
+    for name, (_, other_dtype) in [*others, *vectors_n.items()]:
+        if storage_dtype(name, other_dtype) != dtype:
+            raise TypeError(f"{name} has dtype {other_dtype} but {first_name} has {first_dtype}")
+    for name, (vector_shape, _) in vectors_n.items():
+        if vector_shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) to match the last dim of {first_name}, got {vector_shape}")
+    for name, (stats_shape, stats_dtype) in vectors_m.items():
+        if stats_dtype != np.float32:
+            raise TypeError(f"{name} must be float32 (statistics are kept in f32), got {stats_dtype}")
+        if stats_shape not in (batch_shape, (*batch_shape, 1), (m,)):
             raise ValueError(
-                f"{name} must have shape {batch_shape} (one value per row of {first_name}), got {tuple(array.shape)}"
+                f"{name} must have shape {batch_shape} (one value per row of {first_name}), got {stats_shape}"
             )
     return Problem(dtype, m, n, batch_shape)
 
@@ -284,20 +295,19 @@ class LayerNormKernels:
                 raise TypeError(
                     f"out {name} must be a device array of this device (LayerNormKernels.allocate), got {type(array).__name__}"
                 )
-            elif tuple(array.shape) != shape or np.dtype(array.dtype) != dtype:
-                raise ValueError(
-                    f"out {name} must have shape {shape} and dtype {dtype}, got {tuple(array.shape)} {np.dtype(array.dtype)}"
-                )
+            elif shape_and_dtype(array) != (shape, dtype):
+                got_shape, got_dtype = shape_and_dtype(array)
+                raise ValueError(f"out {name} must have shape {shape} and dtype {dtype}, got {got_shape} {got_dtype}")
             arrays.append(array)
         return arrays
 
     def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
         """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
         if isinstance(array, ireert.DeviceArray):
-            if tuple(array.shape) == shape:
+            view = array._buffer_view
+            if tuple(view.shape) == shape:
                 return array
             # DeviceArray.reshape goes through the host; a new view of the same buffer does not.
-            view = array._buffer_view
             return ireert.DeviceArray(
                 self.device,
                 ireert.HalBufferView(view.get_buffer(), list(shape), view.element_type),
@@ -321,9 +331,9 @@ class LayerNormKernels:
         if problem.m == 0:
             # torch's convention for an empty batch: empty dX, zero parameter grads.
             zeros = np.zeros(problem.n, storage)
-            return self.empty(tuple(x.shape), storage), self.to_device(zeros), self.to_device(zeros)
+            return self.empty(problem.shape, storage), self.to_device(zeros), self.to_device(zeros)
         dx, dgamma, dbeta = self._outputs(
-            out, [("dx", tuple(x.shape), storage), ("dgamma", (problem.n,), storage), ("dbeta", (problem.n,), storage)]
+            out, [("dx", problem.shape, storage), ("dgamma", (problem.n,), storage), ("dbeta", (problem.n,), storage)]
         )
         mn = (problem.m, problem.n)
         args = [self._as_matrix(dy, mn), self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,))]
@@ -344,10 +354,10 @@ class LayerNormKernels:
         storage = STORAGE_DTYPES[problem.dtype]
         if problem.m == 0:
             empty_stats = self.empty(problem.batch_shape, np.float32)
-            return self.empty(tuple(x.shape), storage), empty_stats, empty_stats
+            return self.empty(problem.shape, storage), empty_stats, empty_stats
         f32 = np.dtype(np.float32)
         y, mean, rstd = self._outputs(
-            out, [("y", tuple(x.shape), storage), ("mean", problem.batch_shape, f32), ("rstd", problem.batch_shape, f32)]
+            out, [("y", problem.shape, storage), ("mean", problem.batch_shape, f32), ("rstd", problem.batch_shape, f32)]
         )
         mn = (problem.m, problem.n)
         args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps]
