@@ -69,14 +69,33 @@ class Specialization:
         if target.backend not in ("cuda", "rocm") or self.n is None:
             return ""
         vector = 16 // ITEMSIZE[self.dtype]
-        threads = next((t for t in (128, 64, 32) if self.n % (t * vector) == 0), None)
+        subgroup = 64 if target.chip.startswith("gfx9") else 32
+        threads = next((t for t in (128, 64, 32) if t >= subgroup and self.n % (t * vector) == 0), None)
         if threads is None:
             return ""
+        return self._compilation_info(
+            f"workgroup = [1, 2, {threads * vector}, 0], thread = [0, 2, {vector}, 0], "
+            f"reduction = [0, 0, 0, {min(8, rows)}]",
+            threads,
+            subgroup,
+        )
+
+    def final_config(self, target: Target, blocks: int) -> str:
+        """compilation_info for summing the [G, 2, N] partials on GPU targets:
+        one thread per output column walking down the G partials."""
+        if target.backend not in ("cuda", "rocm") or self.n is None or self.n % 32:
+            return ""
         subgroup = 64 if target.chip.startswith("gfx9") else 32
+        return self._compilation_info(
+            f"workgroup = [2, 32, 0], thread = [1, 1, 0], reduction = [0, 0, {min(8, blocks)}]", 64, subgroup
+        )
+
+    @staticmethod
+    def _compilation_info(tiles: str, threads: int, subgroup: int) -> str:
+        """A TileAndFuse compilation_info attribute entry for a linalg op."""
         return (
             ", compilation_info = #iree_codegen.compilation_info<"
-            f"lowering_config = #iree_gpu.lowering_config<{{workgroup = [1, 2, {threads * vector}, 0], "
-            f"thread = [0, 2, {vector}, 0], reduction = [0, 0, 0, {min(8, rows)}]}}>, "
+            f"lowering_config = #iree_gpu.lowering_config<{{{tiles}}}>, "
             "translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<TileAndFuse> "
             f"workgroup_size = [{threads}, 1, 1] subgroup_size = {subgroup}>>"
         )
@@ -152,6 +171,7 @@ class Specialization:
                 G=str(blocks[0]),
                 R=str(blocks[1]),
                 PARTIAL_CONFIG=self.partial_config(target, blocks[1]),
+                FINAL_CONFIG=self.final_config(target, blocks[0]),
             )
         return render(f"{self.kernel.name}.mlir", fields)
 

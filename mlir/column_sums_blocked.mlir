@@ -39,23 +39,16 @@
     %sum = arith.addf %acc, %term : f32
     linalg.yield %sum : f32
   } -> tensor<{G}x2x?xf32>
-  %dbeta_partial = tensor.extract_slice %partials[0, 0, 0] [{G}, 1, %n] [1, 1, 1] : tensor<{G}x2x?xf32> to tensor<{G}x?xf32>
-  %dgamma_partial = tensor.extract_slice %partials[0, 1, 0] [{G}, 1, %n] [1, 1, 1] : tensor<{G}x2x?xf32> to tensor<{G}x?xf32>
-  %col_init = tensor.empty(%n) : tensor<?xf32>
-  %col_zero = linalg.fill ins(%zero : f32) outs(%col_init : tensor<?xf32>) -> tensor<?xf32>
-  %dbeta_f32 = linalg.generic {
-      indexing_maps = [affine_map<(g, j) -> (g, j)>, affine_map<(g, j) -> (j)>],
-      iterator_types = ["reduction", "parallel"]}
-      ins(%dbeta_partial : tensor<{G}x?xf32>) outs(%col_zero : tensor<?xf32>) {
+  // Sum the {G} partials of both kinds in one more op (one dispatch).
+  %col_init = tensor.empty(%n) : tensor<2x?xf32>
+  %col_zero = linalg.fill ins(%zero : f32) outs(%col_init : tensor<2x?xf32>) -> tensor<2x?xf32>
+  %col_sums = linalg.generic {
+      indexing_maps = [affine_map<(k, j, g) -> (g, k, j)>, affine_map<(k, j, g) -> (k, j)>],
+      iterator_types = ["parallel", "parallel", "reduction"]{FINAL_CONFIG}}
+      ins(%partials : tensor<{G}x2x?xf32>) outs(%col_zero : tensor<2x?xf32>) {
   ^bb0(%part: f32, %acc: f32):
     %sum = arith.addf %acc, %part : f32
     linalg.yield %sum : f32
-  } -> tensor<?xf32>
-  %dgamma_f32 = linalg.generic {
-      indexing_maps = [affine_map<(g, j) -> (g, j)>, affine_map<(g, j) -> (j)>],
-      iterator_types = ["reduction", "parallel"]}
-      ins(%dgamma_partial : tensor<{G}x?xf32>) outs(%col_zero : tensor<?xf32>) {
-  ^bb0(%part: f32, %acc: f32):
-    %sum = arith.addf %acc, %part : f32
-    linalg.yield %sum : f32
-  } -> tensor<?xf32>
+  } -> tensor<2x?xf32>
+  %dbeta_f32 = tensor.extract_slice %col_sums[0, 0] [1, %n] [1, 1] : tensor<2x?xf32> to tensor<?xf32>
+  %dgamma_f32 = tensor.extract_slice %col_sums[1, 0] [1, %n] [1, 1] : tensor<2x?xf32> to tensor<?xf32>
