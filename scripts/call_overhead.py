@@ -1,6 +1,7 @@
-"""Per-call time of the IREE backward on a GPU for small and large shapes:
-queued back to back (one wait at the end) versus a host wait after each call.
-With kernel time known from ncu, the difference is host and launch overhead.
+"""Per-call cost of the IREE backward on a GPU, for small and large shapes:
+queued back to back (one wait at the end), a host wait after each call, and
+the host time to submit a call (the loop without the final wait), through
+backward() and through the bare call() with validated arguments.
 
 python3 scripts/call_overhead.py 1024x512 8192x4096
 """
@@ -13,21 +14,42 @@ import numpy as np
 
 from lnbwd_iree import LayerNormKernels
 from lnbwd_iree.bench import make_inputs, parse_shape
+from lnbwd_iree.kernels import LAYERNORM_BACKWARD
+from lnbwd_iree.runtime import check_problem
 
 kernels = LayerNormKernels("cuda", static_shapes=True)
+
+
+def median_us(fn, calls=50, trials=7, sync=True):
+    samples = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if sync:
+            kernels.synchronize()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+        kernels.synchronize()
+    return statistics.median(samples)
+
+
 for text in sys.argv[1:]:
     m, n = parse_shape(text)
     dy, x, gamma, mean, rstd = (kernels.to_device(a) for a in make_inputs(np.random.default_rng(0), m, n, "f32"))
     out = tuple(kernels.allocate(shape, np.float32) for shape in ((m, n), (n,), (n,)))
-    for label, wait in (("queued", False), ("host-wait", True)):
-        for _ in range(5):
-            kernels.backward(dy, x, gamma, mean, rstd, out=out, wait=wait)
-        kernels.synchronize()
-        samples = []
-        for _ in range(7):
-            start = time.perf_counter()
-            for _ in range(50):
-                kernels.backward(dy, x, gamma, mean, rstd, out=out, wait=wait)
-            kernels.synchronize()
-            samples.append((time.perf_counter() - start) / 50 * 1e6)
-        print(f"{text:10s} {label:10s} {statistics.median(samples):9.1f} us per call")
+    problem = check_problem({"dy": dy, "x": x}, {"gamma": gamma}, {"mean": mean, "rstd": rstd})
+    for _ in range(5):
+        kernels.backward(dy, x, gamma, mean, rstd, out=out)
+    rows = {
+        "queued": median_us(lambda: kernels.backward(dy, x, gamma, mean, rstd, out=out, wait=False)),
+        "host-wait": median_us(lambda: kernels.backward(dy, x, gamma, mean, rstd, out=out, wait=True)),
+        "submit only": median_us(lambda: kernels.backward(dy, x, gamma, mean, rstd, out=out, wait=False), sync=False),
+        "bare call() submit": median_us(
+            lambda: kernels.call(
+                LAYERNORM_BACKWARD, problem, "layernorm_backward", [dy, x, gamma, mean, rstd], list(out), wait=False
+            ),
+            sync=False,
+        ),
+    }
+    for label, us in rows.items():
+        print(f"{text:10s} {label:20s} {us:9.1f} us per call")
