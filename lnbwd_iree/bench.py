@@ -106,6 +106,10 @@ class TorchImpls:
     def eager(self, dy, x, gamma, mean, rstd):
         n = x.shape[-1]
         beta = self.torch.zeros_like(gamma)
+        if self.device == "cpu":
+            # torch's CPU kernel keeps the statistics in the input dtype (its
+            # forward returns them so); CUDA keeps them in f32.
+            mean, rstd = mean.to(x.dtype), rstd.to(x.dtype)
         return self.torch.ops.aten.native_layer_norm_backward(
             dy, x, [n], mean[:, None], rstd[:, None], gamma, beta, [True, True, True]
         )
