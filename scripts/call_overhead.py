@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+from iree import runtime as ireert
 
 from lnbwd_iree import LayerNormKernels
 from lnbwd_iree.bench import make_inputs, parse_shape
@@ -51,5 +52,18 @@ for text in sys.argv[1:]:
             sync=False,
         ),
     }
+    # The same call with an empty wait fence: ordered only by the device queue.
+    # Not a safe way to chain calls; it measures what the timeline wait costs.
+    entry = kernels.entry(LAYERNORM_BACKWARD, "f32", "layernorm_backward", (m, n))
+    args = [dy, x, gamma, mean, rstd, *out]
+    transients = kernels._transients(entry, (m, n), args)
+
+    def unchained():
+        signal = ireert.HalFence.create_at(kernels._timeline, kernels._last_signal + 1)
+        kernels._last_signal += 1
+        arg_list = kernels._arg_list(args, transients, ireert.HalFence(1), signal)
+        entry.context.invoke(entry.function, arg_list, ireert.VmVariantList(3))
+
+    rows["unchained (probe)"] = median_us(unchained)
     for label, us in rows.items():
         print(f"{text:10s} {label:20s} {us:9.1f} us per call")
