@@ -8,6 +8,7 @@ exist for speed on shapes that matter."""
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 from .targets import Target
@@ -61,12 +62,18 @@ class Specialization:
             # 8192x4096 f32 (4.3 vs 5.0 vs 5.4 ms; 75 vs 77 vs 103 ms).
             rows = next((r for r in (8, 4, 2) if self.m % r == 0), None)
             return (self.m // rows, rows) if rows else None
-        rows = 1
-        # Enough partial column sums (G * N) for ~2^17 GPU threads of 16 bytes
-        # each; the [G, N] f32 partials stay a few percent of the bytes moved.
-        while self.m % (rows * 2) == 0 and self.m * (self.n or 1) // (rows * 2) >= 2**19:
-            rows *= 2
-        return (self.m // rows, rows) if rows > 1 else None
+        # GPUs: the partials take ~R serial steps per thread and the final sum
+        # ~G, so G ~ sqrt(M) balances the two for small problems; large ones
+        # (dY + X over 64 MiB) are bandwidth-bound and need G * N / 16-byte
+        # threads >= 2^17 to keep enough loads in flight.
+        vector = 16 // ITEMSIZE[self.dtype]
+        blocks = 1 << math.ceil(math.log2(math.sqrt(self.m)))
+        if 2 * self.m * (self.n or 1) * ITEMSIZE[self.dtype] >= 64 << 20:
+            blocks = max(blocks, 1 << math.ceil(math.log2(2**17 * vector / (self.n or 1))))
+        blocks = min(blocks, self.m // 2)
+        while blocks > 1 and self.m % blocks:
+            blocks //= 2
+        return (blocks, self.m // blocks) if blocks > 1 else None
 
     def partial_config(self, target: Target, rows: int) -> str:
         """compilation_info for the blocked partial column sums on GPU targets
@@ -92,7 +99,7 @@ class Specialization:
             return ""
         subgroup = 64 if target.chip.startswith("gfx9") else 32
         return self._compilation_info(
-            f"workgroup = [2, 32, 0], thread = [1, 1, 0], reduction = [0, 0, {min(8, blocks)}]", 64, subgroup
+            f"workgroup = [2, 32, 0], thread = [1, 1, 0], reduction = [0, 0, {min(32, blocks)}]", 64, subgroup
         )
 
     @staticmethod
