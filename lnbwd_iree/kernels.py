@@ -92,16 +92,6 @@ class Specialization:
             subgroup,
         )
 
-    def final_config(self, target: Target, blocks: int) -> str:
-        """compilation_info for summing the [G, 2, N] partials on GPU targets:
-        one thread per output column walking down the G partials."""
-        if not target.is_gpu or self.n is None or self.n % 32:
-            return ""
-        subgroup = 64 if target.chip.startswith("gfx9") else 32
-        return self._compilation_info(
-            f"workgroup = [2, 32, 0], thread = [1, 1, 0], reduction = [0, 0, {min(32, blocks)}]", 64, subgroup
-        )
-
     @staticmethod
     def _compilation_info(tiles: str, threads: int, subgroup: int) -> str:
         """A TileAndFuse compilation_info attribute entry for a linalg op."""
@@ -183,7 +173,6 @@ class Specialization:
                 G=str(blocks[0]),
                 R=str(blocks[1]),
                 PARTIAL_CONFIG=self.partial_config(target, blocks[1]),
-                FINAL_CONFIG=self.final_config(target, blocks[0]),
             )
         return render(f"{self.kernel.name}.mlir", fields)
 
