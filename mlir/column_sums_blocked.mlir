@@ -18,18 +18,19 @@
   // Both partial sums in one op: k = 0 sums dY (dbeta), k = 1 sums dY * x_hat
   // (dgamma). The GPU schedule gives both k of a column to one thread, so
   // each dY and X element is loaded once for the two sums.
-  // The partials are stored [2, N, G], G innermost, so the final sum below
-  // reads contiguous rows of G (a row reduction, IREE's fast case); the
-  // strided writes here are 1/R of the bytes this op reads.
-  %partial_init = tensor.empty(%n) : tensor<2x?x{G}xf32>
-  %partial_zero = linalg.fill ins(%zero : f32) outs(%partial_init : tensor<2x?x{G}xf32>) -> tensor<2x?x{G}xf32>
+  // PARTIALS is the partials' layout, indexed (g, k, j) -> PARTIAL_INDEX:
+  // [G, 2, N] keeps this op's writes coalesced; [2, N, G] makes the final sum
+  // read contiguous rows of G (a row reduction, IREE's fast case) at the cost
+  // of strided writes here. kernels.py picks by measured cost.
+  %partial_init = tensor.empty(%n) : tensor<{PARTIALS}>
+  %partial_zero = linalg.fill ins(%zero : f32) outs(%partial_init : tensor<{PARTIALS}>) -> tensor<{PARTIALS}>
   %partials = linalg.generic {
       indexing_maps = [affine_map<(g, k, j, r) -> (g, r, j)>, affine_map<(g, k, j, r) -> (g, r, j)>,
                        affine_map<(g, k, j, r) -> (g, r)>, affine_map<(g, k, j, r) -> (g, r)>,
-                       affine_map<(g, k, j, r) -> (k, j, g)>],
+                       affine_map<(g, k, j, r) -> {PARTIAL_INDEX}>],
       iterator_types = ["parallel", "parallel", "parallel", "reduction"]{PARTIAL_CONFIG}}
       ins(%dy_blocks, %x_blocks, %mean_blocks, %rstd_blocks : tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}xf32>, tensor<{G}x{R}xf32>)
-      outs(%partial_zero : tensor<2x?x{G}xf32>) {
+      outs(%partial_zero : tensor<{PARTIALS}>) {
   ^bb0(%dy_s: {T}, %x_s: {T}, %mean_s: f32, %rstd_s: f32, %acc: f32):
     %k = linalg.index 1 : index
     %is_dgamma = arith.cmpi eq, %k, %c1 : index
@@ -41,14 +42,14 @@
     %term = arith.select %is_dgamma, %dy_xhat, %dy_w : f32
     %sum = arith.addf %acc, %term : f32
     linalg.yield %sum : f32
-  } -> tensor<2x?x{G}xf32>
+  } -> tensor<{PARTIALS}>
   // Sum the {G} partials of both kinds in one more op (one dispatch).
   %col_init = tensor.empty(%n) : tensor<2x?xf32>
   %col_zero = linalg.fill ins(%zero : f32) outs(%col_init : tensor<2x?xf32>) -> tensor<2x?xf32>
   %col_sums = linalg.generic {
-      indexing_maps = [affine_map<(k, j, g) -> (k, j, g)>, affine_map<(k, j, g) -> (k, j)>],
+      indexing_maps = [affine_map<(k, j, g) -> {PARTIAL_INDEX}>, affine_map<(k, j, g) -> (k, j)>],
       iterator_types = ["parallel", "parallel", "reduction"]}
-      ins(%partials : tensor<2x?x{G}xf32>) outs(%col_zero : tensor<2x?xf32>) {
+      ins(%partials : tensor<{PARTIALS}>) outs(%col_zero : tensor<2x?xf32>) {
   ^bb0(%part: f32, %acc: f32):
     %sum = arith.addf %acc, %part : f32
     linalg.yield %sum : f32
