@@ -9,7 +9,14 @@ from lnbwd_iree import LayerNormKernels
 # (driver, backend) pairs; GPU ones are skipped where no such device exists.
 # LNBWD_IREE_TEST_DEVICES (comma-separated drivers) narrows the list, e.g. to
 # "cuda" on a GPU machine that has precompiled artifacts but no compiler.
-BACKENDS = [("local-task", "llvm-cpu"), ("local-task", "vmvx"), ("cuda", None), ("hip", None), ("vulkan", None)]
+BACKENDS = [
+    ("local-task", "llvm-cpu"),
+    ("local-task", "vmvx"),
+    ("local-sync", "llvm-cpu"),
+    ("cuda", None),
+    ("hip", None),
+    ("vulkan", None),
+]
 if os.environ.get("LNBWD_IREE_TEST_DEVICES"):
     wanted = os.environ["LNBWD_IREE_TEST_DEVICES"].split(",")
     BACKENDS = [b for b in BACKENDS if b[0] in wanted]
@@ -27,8 +34,9 @@ _kernels: dict = {}
 
 
 def backend_id(backend) -> str:
+    """llvm-cpu / vmvx on local-task, else the driver's name."""
     driver, name = backend
-    return name or driver
+    return name if driver == "local-task" else driver
 
 
 @pytest.fixture(scope="session")
