@@ -17,7 +17,7 @@ python3 -m lnbwd_iree info
 for step in "$@"; do
   case "$step" in
     tests)
-      LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -p no:cacheprovider "$REPO/tests" \
+      LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests" \
         -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
     quick-f32|quick-bf16)
       python3 -m lnbwd_iree bench --device cuda --dtype "${step#quick-}" --impl iree_static --impl torch_eager \
