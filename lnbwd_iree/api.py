@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 
 import numpy as np
@@ -13,6 +14,10 @@ from .runtime import LayerNormKernels
 def kernels_for(device: str = "local-task") -> LayerNormKernels:
     """The process-wide ``LayerNormKernels`` of ``device`` (opened and loaded once)."""
     return LayerNormKernels(device)
+
+
+# Release devices and modules before interpreter teardown, not during it.
+atexit.register(kernels_for.cache_clear)
 
 
 def layernorm_backward(dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, device: str = "local-task"):
