@@ -1,51 +1,50 @@
 """A PyTorch LayerNorm whose forward and backward run the IREE kernels.
 
-CPU tensors cross to IREE's local-task device without copies: their memory
-is imported as IREE host buffers, and results are written straight into
-tensors allocated here. CUDA tensors are not supported yet (they need
-device-pointer import into IREE's cuda driver): they raise
-NotImplementedError rather than silently copying."""
+Tensors cross between torch and IREE through DLPack without copies: inputs
+are imported as IREE buffer views, and results are written straight into
+tensors allocated here. CPU tensors run on IREE's local-task device, CUDA
+tensors (device 0) on IREE's cuda driver. Ordering between torch's stream and
+IREE's queue: torch's current stream is synchronised before each IREE call,
+and each call is waited for before torch sees its results."""
 
 from __future__ import annotations
 
 import numbers
 
-import ml_dtypes
 import numpy as np
 import torch
 from iree import runtime as ireert
 
 from .api import kernels_for
 
-_ELEMENT_TYPES = {
-    torch.float32: ireert.HalElementType.FLOAT_32,
-    torch.float16: ireert.HalElementType.FLOAT_16,
-    torch.bfloat16: ireert.HalElementType.BFLOAT_16,
-}
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
-    """A NumPy array sharing ``tensor``'s memory (bf16 through its bits)."""
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
+def kernels_for_tensor(tensor: torch.Tensor):
+    """The IREE kernels for the device ``tensor`` lives on."""
+    if tensor.device.type == "cpu":
+        return kernels_for("local-task")
+    if tensor.device.type == "cuda":
+        if tensor.device.index not in (None, 0):
+            raise NotImplementedError(f"lnbwd_iree.torch runs on cuda:0 only, got {tensor.device}")
+        return kernels_for("cuda")
+    raise NotImplementedError(f"lnbwd_iree.torch runs on CPU and CUDA tensors, got a {tensor.device} tensor")
 
 
 def as_device_array(kernels, tensor: torch.Tensor) -> ireert.DeviceArray:
-    """``tensor``'s memory as an IREE array on the local device, without a copy."""
-    if tensor.device.type != "cpu":
-        raise NotImplementedError(f"lnbwd_iree.torch runs on CPU tensors only, got a {tensor.device} tensor")
-    if tensor.dtype not in _ELEMENT_TYPES:
+    """``tensor``'s memory as an IREE array on ``kernels``' device, without a copy."""
+    if tensor.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"unsupported dtype {tensor.dtype}; expected float32, float16 or bfloat16")
     if not tensor.is_contiguous():
         raise ValueError("lnbwd_iree.torch needs contiguous tensors (call .contiguous() first)")
-    buffer = kernels.device.allocator.import_host_allocation(
-        _numpy_view(tensor),
-        memory_type=ireert.MemoryType.HOST_LOCAL | ireert.MemoryType.DEVICE_VISIBLE,
-        allowed_usage=ireert.BufferUsage.DEFAULT | ireert.BufferUsage.MAPPING,
-    )
-    view = ireert.HalBufferView(buffer, list(tensor.shape), _ELEMENT_TYPES[tensor.dtype])
+    view = kernels.device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(tensor.detach()))
     return ireert.DeviceArray(kernels.device, view, implicit_host_transfer=True)
+
+
+def _before_iree(tensor: torch.Tensor) -> None:
+    """Work torch queued on the inputs must finish before IREE reads them."""
+    if tensor.device.type == "cuda":
+        torch.cuda.current_stream(tensor.device).synchronize()
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -53,11 +52,12 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        kernels = kernels_for("local-task")
+        kernels = kernels_for_tensor(x)
         x = x.contiguous()
         y = torch.empty_like(x)
-        mean = torch.empty(x.shape[:-1], dtype=torch.float32)
-        rstd = torch.empty(x.shape[:-1], dtype=torch.float32)
+        mean = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+        rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+        _before_iree(x)
         kernels.forward(
             *(as_device_array(kernels, t) for t in (x, weight, bias)),
             eps=eps,
@@ -68,10 +68,11 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        kernels = kernels_for("local-task")
         x, weight, mean, rstd = ctx.saved_tensors
+        kernels = kernels_for_tensor(x)
         dy = dy.contiguous()
         dx, dweight, dbias = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+        _before_iree(dy)
         kernels.backward(
             *(as_device_array(kernels, t) for t in (dy, x, weight, mean, rstd)),
             out=tuple(as_device_array(kernels, t) for t in (dx, dweight, dbias)),
@@ -103,8 +104,8 @@ class LayerNorm(torch.nn.Module):
             raise ValueError(f"input shape {tuple(x.shape)} does not end with normalized_shape {self.normalized_shape}")
         n = int(np.prod(self.normalized_shape))
         flat = x.reshape(*x.shape[:-k], n)
-        weight = self.weight.reshape(n) if self.weight is not None else torch.ones(n, dtype=x.dtype)
-        bias = self.bias.reshape(n) if self.bias is not None else torch.zeros(n, dtype=x.dtype)
+        weight = self.weight.reshape(n) if self.weight is not None else torch.ones(n, dtype=x.dtype, device=x.device)
+        bias = self.bias.reshape(n) if self.bias is not None else torch.zeros(n, dtype=x.dtype, device=x.device)
         return LayerNormFunction.apply(flat, weight, bias, self.eps).reshape(x.shape)
 
     def extra_repr(self):

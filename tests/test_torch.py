@@ -28,22 +28,38 @@ def pair(shape, dtype, seed):
     return ours, reference
 
 
+def devices():
+    """cpu, and cuda where both torch and IREE's cuda driver see a GPU."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        try:
+            kernels_for("cuda")
+            found.append("cuda")
+        except RuntimeError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(5, 100), (2, 3, 64), (1, 760)], ids=lambda s: "x".join(map(str, s)))
-def test_matches_torch_layer_norm(dtype, shape):
+def test_matches_torch_layer_norm(device, dtype, shape):
+    """Outputs and gradients against torch.nn.LayerNorm in float64 on the CPU."""
     seed = int(np.random.SeedSequence().entropy % 2**31)
     ours, reference = pair(shape[-1], dtype, seed)
-    x = (torch.randn(shape) * 2 + 0.5).to(dtype).requires_grad_()
-    x64 = x.detach().double().requires_grad_()
+    ours = ours.to(device)
+    x_host = (torch.randn(shape) * 2 + 0.5).to(dtype)
+    x = x_host.to(device).requires_grad_()
+    x64 = x_host.double().requires_grad_()
     y, y64 = ours(x), reference(x64)
-    assert y.dtype == dtype and y.shape == x.shape
-    assert relative(y, y64) < TOLERANCE[dtype], f"seed={seed}"
+    assert y.dtype == dtype and y.shape == x.shape and y.device == x.device
+    assert relative(y.cpu(), y64) < TOLERANCE[dtype], f"seed={seed}"
     dy = torch.randn(shape).to(dtype)
-    grads = torch.autograd.grad(y, [x, ours.weight, ours.bias], dy)
+    grads = torch.autograd.grad(y, [x, ours.weight, ours.bias], dy.to(device))
     grads64 = torch.autograd.grad(y64, [x64, reference.weight, reference.bias], dy.double())
     for name, g, g64 in zip(("dx", "dweight", "dbias"), grads, grads64):
-        assert g.dtype == dtype
-        assert relative(g, g64) < TOLERANCE[dtype], f"{name} seed={seed}"
+        assert g.dtype == dtype and g.device == x.device
+        assert relative(g.cpu(), g64) < TOLERANCE[dtype], f"{name} seed={seed}"
 
 
 def test_state_dict_is_torch_layer_norms():
@@ -64,15 +80,19 @@ def test_without_affine_parameters():
     assert relative(dx, dx_ref) < 1e-5
 
 
-def test_inputs_cross_without_copies():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_inputs_cross_without_copies(dtype):
     kernels = kernels_for("local-task")
-    t = torch.randn(16, 32)
+    t = torch.randn(16, 32).to(dtype)
     array = as_device_array(kernels, t)
-    assert np.shares_memory(np.asarray(array.to_host()), t.numpy())
+    bits = t.view(torch.int16).numpy() if dtype == torch.bfloat16 else t.numpy()
+    assert np.shares_memory(np.asarray(array.to_host()), bits)
 
 
 def test_rejects_what_it_cannot_run():
     kernels = kernels_for("local-task")
+    with pytest.raises(NotImplementedError, match="CPU and CUDA tensors"):
+        LayerNorm(8)(torch.zeros(2, 8, device="meta"))
     with pytest.raises(TypeError, match="unsupported dtype torch.float64"):
         as_device_array(kernels, torch.zeros(2, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="contiguous"):
