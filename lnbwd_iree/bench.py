@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from . import runtime
+from .kernels import ITEMSIZE
 from .reference import backward_reference, relative_error
 
-ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
 L2_BYTES_DEFAULT = 64 << 20
 
 

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from .targets import Target
 from .template import render
 
-DTYPES = ("f32", "f16", "bf16")
-ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
+DTYPES = ("f32", "f16", "bf16", "f64")
+ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}
+# Arithmetic and statistics type per storage type: f32, but f64 for f64
+# (which exists so torch.autograd.gradcheck can run in double precision).
+ACCUMULATOR = {"f32": "f32", "f16": "f32", "bf16": "f32", "f64": "f64"}
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ class Specialization:
         over [G, 2, N] took ~8 us."""
         large = 2 * self.m * self.n * ITEMSIZE[self.dtype] >= 64 << 20
         if target.is_gpu and (blocks >= 512 or not large):
-            return {"PARTIALS": f"2x?x{blocks}xf32", "PARTIAL_INDEX": "(k, j, g)"}
-        return {"PARTIALS": f"{blocks}x2x?xf32", "PARTIAL_INDEX": "(g, k, j)"}
+            return {"PARTIALS": f"2x?x{blocks}x{ACCUMULATOR[self.dtype]}", "PARTIAL_INDEX": "(k, j, g)"}
+        return {"PARTIALS": f"{blocks}x2x?x{ACCUMULATOR[self.dtype]}", "PARTIAL_INDEX": "(g, k, j)"}
 
     def partial_config(self, target: Target, rows: int) -> str:
         """compilation_info for the blocked partial column sums on GPU targets
@@ -159,9 +162,9 @@ class Specialization:
         hand-set schedule (static shapes only: a barrier on dynamic tensors
         hides their dims from IREE), else as plain aliases."""
         if needed:
-            stats = f"tensor<{self.m}xf32>"
+            stats = f"tensor<{self.m}x{ACCUMULATOR[self.dtype]}>"
             return f"%mean, %rstd = util.optimization_barrier %mean_fused, %rstd_fused : {stats}, {stats}"
-        stats = f"tensor<{'?' if self.m is None else self.m}xf32>"
+        stats = f"tensor<{'?' if self.m is None else self.m}x{ACCUMULATOR[self.dtype]}>"
         return (
             f"%mean = tensor.cast %mean_fused : {stats} to {stats}\n"
             f"  %rstd = tensor.cast %rstd_fused : {stats} to {stats}"
@@ -170,6 +173,7 @@ class Specialization:
     def source(self, target: Target) -> str:
         fields = {
             "T": self.dtype,
+            "A": ACCUMULATOR[self.dtype],
             "M": "?" if self.m is None else str(self.m),
             "N": "?" if self.n is None else str(self.n),
             "COLUMN_SUMS": "column_sums_direct.mlir",

@@ -17,15 +17,18 @@ from iree import runtime as ireert
 
 from . import compiler
 from .cache import ArtifactStore
-from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Kernel, Specialization
+from .kernels import ACCUMULATOR, LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Kernel, Specialization
 from .targets import DRIVER_BACKEND, target_for
 
 NUMPY_DTYPES = {
+    np.dtype(np.float64): "f64",
     np.dtype(np.float32): "f32",
     np.dtype(np.float16): "f16",
     np.dtype(ml_dtypes.bfloat16): "bf16",
 }
 STORAGE_DTYPES = {name: dtype for dtype, name in NUMPY_DTYPES.items()}
+# mean and rstd are kept in the arithmetic type: f32, or f64 for f64 data.
+STATS_DTYPES = {name: np.dtype(np.float64 if ACCUMULATOR[name] == "f64" else np.float32) for name in STORAGE_DTYPES}
 
 
 def open_device(driver: str) -> ireert.HalDevice:
@@ -44,6 +47,7 @@ def open_device(driver: str) -> ireert.HalDevice:
 
 
 _ELEMENT_DTYPES = {
+    ireert.HalElementType.FLOAT_64: np.dtype(np.float64),
     ireert.HalElementType.FLOAT_32: np.dtype(np.float32),
     ireert.HalElementType.FLOAT_16: np.dtype(np.float16),
     ireert.HalElementType.BFLOAT_16: np.dtype(ml_dtypes.bfloat16),
@@ -66,7 +70,8 @@ def shape_and_dtype(array) -> tuple[tuple[int, ...], np.dtype]:
 def storage_dtype(name: str, dtype: np.dtype) -> str:
     if dtype not in NUMPY_DTYPES:
         raise TypeError(
-            f"{name} has dtype {dtype}; supported are float32, float16 and bfloat16 (ml_dtypes.bfloat16)"
+            f"{name} has dtype {dtype}; supported are float32, float16, bfloat16 (ml_dtypes.bfloat16)"
+            " and, on CPUs, float64"
         )
     return NUMPY_DTYPES[dtype]
 
@@ -119,8 +124,8 @@ def _check_signature(rows, vectors_n, vectors_m) -> Problem:
         if vector_shape != (n,):
             raise ValueError(f"{name} must have shape ({n},) to match the last dim of {first_name}, got {vector_shape}")
     for name, (stats_shape, stats_dtype) in vectors_m.items():
-        if stats_dtype != np.float32:
-            raise TypeError(f"{name} must be float32 (statistics are kept in f32), got {stats_dtype}")
+        if stats_dtype != STATS_DTYPES[dtype]:
+            raise TypeError(f"{name} must be {STATS_DTYPES[dtype]} (the statistics of {dtype} data), got {stats_dtype}")
         if stats_shape not in (batch_shape, (*batch_shape, 1), (m,)):
             raise ValueError(
                 f"{name} must have shape {batch_shape} (one value per row of {first_name}), got {stats_shape}"
@@ -367,18 +372,18 @@ class LayerNormKernels:
         return dx, dgamma, dbeta
 
     def forward(self, x, gamma, beta, *, eps: float = 1e-5, out=None, wait: bool = True):
-        """y, mean, rstd as device arrays; mean and rstd are f32 with X's leading
+        """y, mean, rstd as device arrays; mean and rstd (f32, f64 for f64 data) have X's leading
         dims. ``out`` (y alone or (y, mean, rstd)) and ``wait`` as for ``backward``."""
         problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
         self.target.check_dtype(problem.dtype)
         eps = check_eps(eps)
         storage = STORAGE_DTYPES[problem.dtype]
+        stats = STATS_DTYPES[problem.dtype]
         if problem.m == 0:
-            empty_stats = self.empty(problem.batch_shape, np.float32)
+            empty_stats = self.empty(problem.batch_shape, stats)
             return self.empty(problem.shape, storage), empty_stats, empty_stats
-        f32 = np.dtype(np.float32)
         y, mean, rstd = self._outputs(
-            out, [("y", problem.shape, storage), ("mean", problem.batch_shape, f32), ("rstd", problem.batch_shape, f32)]
+            out, [("y", problem.shape, storage), ("mean", problem.batch_shape, stats), ("rstd", problem.batch_shape, stats)]
         )
         mn = (problem.m, problem.n)
         args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps]

@@ -32,6 +32,9 @@ class Target:
             # row of dY and X from memory instead of two. On llvm-cpu the fused
             # dispatch measured 2.7x slower (4096x1024 f32), so CPUs go without.
             flags.append("--iree-dispatch-creation-enable-aggressive-fusion")
+        else:
+            # IREE demotes f64 to f32 by default; f64 kernels must stay f64.
+            flags.append("--iree-input-demote-f64-to-f32=false")
         if self.backend == "rocm":
             flags.append(f"--iree-rocm-target={self.chip}")
         elif self.backend == "cuda":
@@ -65,8 +68,12 @@ def host_cpu_fingerprint() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_F64_IS_FOR_CPUS = "f64 exists for gradchecks on CPUs; GPU schedules are written for f32 and 16-bit data"
 UNSUPPORTED_DTYPES = {
     ("vmvx", "f16"): "IREE 3.13's vmvx backend cannot lower arith.extf f16 -> f32",
+    ("cuda", "f64"): _F64_IS_FOR_CPUS,
+    ("rocm", "f64"): _F64_IS_FOR_CPUS,
+    ("vulkan-spirv", "f64"): _F64_IS_FOR_CPUS,
 }
 
 ROCM_CHIPS = ("gfx942", "gfx90a", "gfx1100")

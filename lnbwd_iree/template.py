@@ -5,12 +5,13 @@ A template is real MLIR with three kinds of holes:
 * ``{FIELD}`` (upper-case name): replaced by a value (``{T}``, ``{M}``, ``{N}``)
   or, when the value names a ``.mlir`` file, by that template rendered with
   the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``).
-* ``%a = widen %b`` lines: ``arith.extf`` from the storage type to f32.
-* ``%a = narrow %b`` lines: ``arith.truncf`` from f32 to the storage type.
+* ``%a = widen %b`` lines: ``arith.extf`` from the storage type ``T`` to
+  the arithmetic type ``A``; ``%a = narrow %b``: back from ``A`` to ``T``;
+  ``%a = from_f32 %b``: from f32 (the eps argument) to ``A``.
 
-For f32 storage the conversions would be no-ops that MLIR does not accept
-(extf f32 -> f32 is invalid), so those lines are dropped and the converted
-name is renamed to its source throughout the function body.
+Where source and target types are equal the conversion would be a no-op that
+MLIR does not accept (extf f32 -> f32 is invalid), so the line is dropped and
+the converted name is renamed to its source throughout the text.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import re
 from importlib import resources
 
 _FIELD = re.compile(r"\{([A-Z_]+)\}")
-_CONVERSION = re.compile(r"^(?P<indent>\s*)(?P<dst>%\w+) = (?P<op>widen|narrow) (?P<src>%\w+)\s*$")
+_CONVERSION = re.compile(r"^(?P<indent>\s*)(?P<dst>%\w+) = (?P<op>widen|narrow|from_f32) (?P<src>%\w+)\s*$")
+
+_WIDTH = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}
 
 # Included in every template that names it.
 _DEFAULT_FIELDS = {"ROW_STATISTICS": "row_statistics.mlir"}
@@ -30,7 +33,7 @@ def read_template(name: str) -> str:
     return resources.files("lnbwd_iree.mlir").joinpath(name).read_text()
 
 
-def _apply_conversions(text: str, storage_type: str) -> str:
+def _apply_conversions(text: str, storage_type: str, acc_type: str) -> str:
     out_lines = []
     renames: dict[str, str] = {}
     for line in text.splitlines():
@@ -39,12 +42,16 @@ def _apply_conversions(text: str, storage_type: str) -> str:
             out_lines.append(line)
             continue
         dst, src, op, indent = match["dst"], match["src"], match["op"], match["indent"]
-        if storage_type == "f32":
+        source, target = {
+            "widen": (storage_type, acc_type),
+            "narrow": (acc_type, storage_type),
+            "from_f32": ("f32", acc_type),
+        }[op]
+        if source == target:
             renames[dst] = src
-        elif op == "widen":
-            out_lines.append(f"{indent}{dst} = arith.extf {src} : {storage_type} to f32")
         else:
-            out_lines.append(f"{indent}{dst} = arith.truncf {src} : f32 to {storage_type}")
+            cast = "arith.extf" if _WIDTH[target] > _WIDTH[source] else "arith.truncf"
+            out_lines.append(f"{indent}{dst} = {cast} {src} : {source} to {target}")
     result = "\n".join(out_lines) + "\n"
     if renames:
         # Names are SSA values local to one region; a whole-word rename is exact.
@@ -68,4 +75,4 @@ def render(name: str, fields: dict[str, str]) -> str:
 
         return _FIELD.sub(one, text)
 
-    return _apply_conversions(substitute(read_template(name)), fields["T"])
+    return _apply_conversions(substitute(read_template(name)), fields["T"], fields["A"])

@@ -17,7 +17,8 @@ from iree import runtime as ireert
 
 from .api import kernels_for
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# float64 runs on CPUs only (for torch.autograd.gradcheck).
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def kernels_for_tensor(tensor: torch.Tensor):
@@ -34,7 +35,7 @@ def kernels_for_tensor(tensor: torch.Tensor):
 def as_device_array(kernels, tensor: torch.Tensor) -> ireert.DeviceArray:
     """``tensor``'s memory as an IREE array on ``kernels``' device, without a copy."""
     if tensor.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {tensor.dtype}; expected float32, float16 or bfloat16")
+        raise TypeError(f"unsupported dtype {tensor.dtype}; expected float32, float16, bfloat16 or (CPU) float64")
     if not tensor.is_contiguous():
         raise ValueError("lnbwd_iree.torch needs contiguous tensors (call .contiguous() first)")
     view = kernels.device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(tensor.detach()))
@@ -55,8 +56,9 @@ class LayerNormFunction(torch.autograd.Function):
         kernels = kernels_for_tensor(x)
         x = x.contiguous()
         y = torch.empty_like(x)
-        mean = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
-        rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+        stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        mean = torch.empty(x.shape[:-1], dtype=stats_dtype, device=x.device)
+        rstd = torch.empty(x.shape[:-1], dtype=stats_dtype, device=x.device)
         _before_iree(x)
         kernels.forward(
             *(as_device_array(kernels, t) for t in (x, weight, bias)),

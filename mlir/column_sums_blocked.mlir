@@ -9,12 +9,12 @@
   // rows serially, so every warp load is one coalesced row segment.
   %dy_rows = tensor.cast %dy : tensor<?x?x{T}> to tensor<{M}x?x{T}>
   %x_rows = tensor.cast %x : tensor<?x?x{T}> to tensor<{M}x?x{T}>
-  %mean_rows = tensor.cast %mean : tensor<?xf32> to tensor<{M}xf32>
-  %rstd_rows = tensor.cast %rstd : tensor<?xf32> to tensor<{M}xf32>
+  %mean_rows = tensor.cast %mean : tensor<?x{A}> to tensor<{M}x{A}>
+  %rstd_rows = tensor.cast %rstd : tensor<?x{A}> to tensor<{M}x{A}>
   %dy_blocks = tensor.expand_shape %dy_rows [[0, 1], [2]] output_shape [{G}, {R}, %n] : tensor<{M}x?x{T}> into tensor<{G}x{R}x?x{T}>
   %x_blocks = tensor.expand_shape %x_rows [[0, 1], [2]] output_shape [{G}, {R}, %n] : tensor<{M}x?x{T}> into tensor<{G}x{R}x?x{T}>
-  %mean_blocks = tensor.expand_shape %mean_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
-  %rstd_blocks = tensor.expand_shape %rstd_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}xf32> into tensor<{G}x{R}xf32>
+  %mean_blocks = tensor.expand_shape %mean_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}x{A}> into tensor<{G}x{R}x{A}>
+  %rstd_blocks = tensor.expand_shape %rstd_rows [[0, 1]] output_shape [{G}, {R}] : tensor<{M}x{A}> into tensor<{G}x{R}x{A}>
   // Both partial sums in one op: k = 0 sums dY (dbeta), k = 1 sums dY * x_hat
   // (dgamma). The GPU schedule gives both k of a column to one thread, so
   // each dY and X element is loaded once for the two sums.
@@ -23,36 +23,36 @@
   // read contiguous rows of G (a row reduction, IREE's fast case) at the cost
   // of strided writes here. kernels.py picks by measured cost.
   %partial_init = tensor.empty(%n) : tensor<{PARTIALS}>
-  %partial_zero = linalg.fill ins(%zero : f32) outs(%partial_init : tensor<{PARTIALS}>) -> tensor<{PARTIALS}>
+  %partial_zero = linalg.fill ins(%zero : {A}) outs(%partial_init : tensor<{PARTIALS}>) -> tensor<{PARTIALS}>
   %partials = linalg.generic {
       indexing_maps = [affine_map<(g, k, j, r) -> (g, r, j)>, affine_map<(g, k, j, r) -> (g, r, j)>,
                        affine_map<(g, k, j, r) -> (g, r)>, affine_map<(g, k, j, r) -> (g, r)>,
                        affine_map<(g, k, j, r) -> {PARTIAL_INDEX}>],
       iterator_types = ["parallel", "parallel", "parallel", "reduction"]{PARTIAL_CONFIG}}
-      ins(%dy_blocks, %x_blocks, %mean_blocks, %rstd_blocks : tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}xf32>, tensor<{G}x{R}xf32>)
+      ins(%dy_blocks, %x_blocks, %mean_blocks, %rstd_blocks : tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}x?x{T}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>)
       outs(%partial_zero : tensor<{PARTIALS}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %mean_s: f32, %rstd_s: f32, %acc: f32):
+  ^bb0(%dy_s: {T}, %x_s: {T}, %mean_s: {A}, %rstd_s: {A}, %acc: {A}):
     %k = linalg.index 1 : index
     %is_dgamma = arith.cmpi eq, %k, %c1 : index
     %dy_w = widen %dy_s
     %x_w = widen %x_s
-    %centred = arith.subf %x_w, %mean_s : f32
-    %xhat = arith.mulf %centred, %rstd_s : f32
-    %dy_xhat = arith.mulf %dy_w, %xhat : f32
-    %term = arith.select %is_dgamma, %dy_xhat, %dy_w : f32
-    %sum = arith.addf %acc, %term : f32
-    linalg.yield %sum : f32
+    %centred = arith.subf %x_w, %mean_s : {A}
+    %xhat = arith.mulf %centred, %rstd_s : {A}
+    %dy_xhat = arith.mulf %dy_w, %xhat : {A}
+    %term = arith.select %is_dgamma, %dy_xhat, %dy_w : {A}
+    %sum = arith.addf %acc, %term : {A}
+    linalg.yield %sum : {A}
   } -> tensor<{PARTIALS}>
   // Sum the {G} partials of both kinds in one more op (one dispatch).
-  %col_init = tensor.empty(%n) : tensor<2x?xf32>
-  %col_zero = linalg.fill ins(%zero : f32) outs(%col_init : tensor<2x?xf32>) -> tensor<2x?xf32>
+  %col_init = tensor.empty(%n) : tensor<2x?x{A}>
+  %col_zero = linalg.fill ins(%zero : {A}) outs(%col_init : tensor<2x?x{A}>) -> tensor<2x?x{A}>
   %col_sums = linalg.generic {
       indexing_maps = [affine_map<(k, j, g) -> {PARTIAL_INDEX}>, affine_map<(k, j, g) -> (k, j)>],
       iterator_types = ["parallel", "parallel", "reduction"]}
-      ins(%partials : tensor<{PARTIALS}>) outs(%col_zero : tensor<2x?xf32>) {
-  ^bb0(%part: f32, %acc: f32):
-    %sum = arith.addf %acc, %part : f32
-    linalg.yield %sum : f32
-  } -> tensor<2x?xf32>
-  %dbeta_f32 = tensor.extract_slice %col_sums[0, 0] [1, %n] [1, 1] : tensor<2x?xf32> to tensor<?xf32>
-  %dgamma_f32 = tensor.extract_slice %col_sums[1, 0] [1, %n] [1, 1] : tensor<2x?xf32> to tensor<?xf32>
+      ins(%partials : tensor<{PARTIALS}>) outs(%col_zero : tensor<2x?x{A}>) {
+  ^bb0(%part: {A}, %acc: {A}):
+    %sum = arith.addf %acc, %part : {A}
+    linalg.yield %sum : {A}
+  } -> tensor<2x?x{A}>
+  %dbeta_acc = tensor.extract_slice %col_sums[0, 0] [1, %n] [1, 1] : tensor<2x?x{A}> to tensor<?x{A}>
+  %dgamma_acc = tensor.extract_slice %col_sums[1, 0] [1, %n] [1, 1] : tensor<2x?x{A}> to tensor<?x{A}>

@@ -2,13 +2,14 @@
 // saved statistics mean and rstd = 1/sqrt(var + eps), all rows of length N.
 //
 // A template (lnbwd_iree/template.py fills its upper-case fields in braces):
-// T is the storage type of dY, X, gamma, dX, dgamma, dbeta (f32, f16, bf16);
-// M and N are static dims or "?"; COLUMN_SUMS names the file that computes
-// %dgamma_f32 and %dbeta_f32 (column_sums_direct.mlir, or
-// column_sums_blocked.mlir for static M); ROW_*_CONFIG are hand-set GPU
-// schedules for the fused row dispatch, or empty. Arithmetic and statistics
-// are f32 whatever T is; `%a = widen %b` / `%a = narrow %b` lines become
-// arith.extf / arith.truncf for 16-bit T and vanish for f32.
+// T is the storage type of dY, X, gamma, dX, dgamma, dbeta (f32, f16, bf16,
+// or f64 on CPUs); A the arithmetic type, also that of mean and rstd (f64
+// for f64 storage, else f32); M and N are static dims or "?"; COLUMN_SUMS
+// names the file that computes %dgamma_acc and %dbeta_acc
+// (column_sums_direct.mlir, or column_sums_blocked.mlir for static M);
+// ROW_*_CONFIG are hand-set GPU schedules for the fused row dispatch, or
+// empty. `%a = widen %b` / `%a = narrow %b` lines convert T to A and back,
+// and vanish when T is A; `%a = from_f32 %b` converts the f32 eps to A.
 //
 // Math, with x_hat = (x - mean) * rstd and g = gamma * dY:
 //   dbeta_j  = sum_i dY_ij
@@ -30,14 +31,14 @@
 // poison the outputs.
 func.func @layernorm_backward(
     %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>,
-    %mean_arg: tensor<{M}xf32>, %rstd_arg: tensor<{M}xf32>,
+    %mean_arg: tensor<{M}x{A}>, %rstd_arg: tensor<{M}x{A}>,
     %dx_storage: tensor<{M}x{N}x{T}> {iree.abi.output = 0 : index},
     %dgamma_storage: tensor<{N}x{T}> {iree.abi.output = 1 : index},
     %dbeta_storage: tensor<{N}x{T}> {iree.abi.output = 2 : index},
     %transients: !hal.buffer {iree.abi.transients})
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean_arg, %rstd_arg)
-      : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
+      : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}x{A}>, tensor<{M}x{A}>)
       -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>)
   return %dx, %dgamma, %dbeta : tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>
 }
@@ -52,13 +53,13 @@ func.func @layernorm_backward_recompute(
     %transients: !hal.buffer {iree.abi.transients})
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %mean_fused, %rstd_fused = func.call @row_statistics(%x_arg, %eps)
-      : (tensor<{M}x{N}x{T}>, f32) -> (tensor<{M}xf32>, tensor<{M}xf32>)
+      : (tensor<{M}x{N}x{T}>, f32) -> (tensor<{M}x{A}>, tensor<{M}x{A}>)
   // STATS_BARRIER: with hand-set GPU schedules, an optimization barrier that
   // keeps the statistics in dispatches of their own, so the backward's row
   // dispatch and its schedule are those of @layernorm_backward; else a no-op.
   {STATS_BARRIER}
   %dx, %dgamma, %dbeta = func.call @backward_with_stats(%dy_arg, %x_arg, %gamma_arg, %mean, %rstd)
-      : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}xf32>, tensor<{M}xf32>)
+      : (tensor<{M}x{N}x{T}>, tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{M}x{A}>, tensor<{M}x{A}>)
       -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>)
   return %dx, %dgamma, %dbeta : tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>
 }
@@ -67,40 +68,40 @@ func.func @layernorm_backward_recompute(
 
 func.func private @backward_with_stats(
     %dy_arg: tensor<{M}x{N}x{T}>, %x_arg: tensor<{M}x{N}x{T}>, %gamma_arg: tensor<{N}x{T}>,
-    %mean_arg: tensor<{M}xf32>, %rstd_arg: tensor<{M}xf32>)
+    %mean_arg: tensor<{M}x{A}>, %rstd_arg: tensor<{M}x{A}>)
     -> (tensor<{M}x{N}x{T}>, tensor<{N}x{T}>, tensor<{N}x{T}>) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
-  %zero = arith.constant 0.0 : f32
+  %zero = arith.constant 0.0 : {A}
   // The body works on dynamic shapes; static specialisations fold through the casts.
   %dy = tensor.cast %dy_arg : tensor<{M}x{N}x{T}> to tensor<?x?x{T}>
   %x = tensor.cast %x_arg : tensor<{M}x{N}x{T}> to tensor<?x?x{T}>
   %gamma = tensor.cast %gamma_arg : tensor<{N}x{T}> to tensor<?x{T}>
-  %mean = tensor.cast %mean_arg : tensor<{M}xf32> to tensor<?xf32>
-  %rstd = tensor.cast %rstd_arg : tensor<{M}xf32> to tensor<?xf32>
+  %mean = tensor.cast %mean_arg : tensor<{M}x{A}> to tensor<?x{A}>
+  %rstd = tensor.cast %rstd_arg : tensor<{M}x{A}> to tensor<?x{A}>
   %m = tensor.dim %dy, %c0 : tensor<?x?x{T}>
   %n = tensor.dim %dy, %c1 : tensor<?x?x{T}>
   %n_i64 = arith.index_cast %n : index to i64
-  %n_f32 = arith.sitofp %n_i64 : i64 to f32
-  %one = arith.constant 1.0 : f32
-  %inv_n = arith.divf %one, %n_f32 : f32
+  %n_acc = arith.sitofp %n_i64 : i64 to {A}
+  %one = arith.constant 1.0 : {A}
+  %inv_n = arith.divf %one, %n_acc : {A}
 
-  %row_init = tensor.empty(%m) : tensor<?xf32>
-  %row_zero = linalg.fill ins(%zero : f32) outs(%row_init : tensor<?xf32>) -> tensor<?xf32>
+  %row_init = tensor.empty(%m) : tensor<?x{A}>
+  %row_zero = linalg.fill ins(%zero : {A}) outs(%row_init : tensor<?x{A}>) -> tensor<?x{A}>
 
   // Per-row sum of gamma * dY. One reduction output per generic: GPU
   // bufferization rejects generics with two reduction outputs.
   %row_sum_g = linalg.generic {
       indexing_maps = [#rows_cols, #cols, #rows],
       iterator_types = ["parallel", "reduction"]{ROW_SUM_CONFIG}}
-      ins(%dy, %gamma : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?xf32>) {
-  ^bb0(%dy_s: {T}, %gamma_s: {T}, %acc: f32):
+      ins(%dy, %gamma : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?x{A}>) {
+  ^bb0(%dy_s: {T}, %gamma_s: {T}, %acc: {A}):
     %dy_w = widen %dy_s
     %gamma_w = widen %gamma_s
-    %g = arith.mulf %gamma_w, %dy_w : f32
-    %sum = arith.addf %acc, %g : f32
-    linalg.yield %sum : f32
-  } -> tensor<?xf32>
+    %g = arith.mulf %gamma_w, %dy_w : {A}
+    %sum = arith.addf %acc, %g : {A}
+    linalg.yield %sum : {A}
+  } -> tensor<?x{A}>
 
   // Per-row sum of (g - mean_j'(g)) * x_hat. Equal to sum(g * x_hat) when
   // mean and rstd are X's statistics (sum_j x_hat = 0), and better
@@ -110,42 +111,42 @@ func.func private @backward_with_stats(
   %row_sum_gc_xhat = linalg.generic {
       indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows, #rows],
       iterator_types = ["parallel", "reduction"]{ROW_ROOT_CONFIG}}
-      ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>)
-      outs(%row_zero : tensor<?xf32>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: f32, %rstd_s: f32, %sum_g: f32, %acc: f32):
+      ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>)
+      outs(%row_zero : tensor<?x{A}>) {
+  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %acc: {A}):
     %dy_w = widen %dy_s
     %x_w = widen %x_s
     %gamma_w = widen %gamma_s
-    %centred = arith.subf %x_w, %mean_s : f32
-    %xhat = arith.mulf %centred, %rstd_s : f32
-    %g = arith.mulf %gamma_w, %dy_w : f32
-    %mean_g = arith.mulf %sum_g, %inv_n : f32
-    %g_c = arith.subf %g, %mean_g : f32
-    %gc_xhat = arith.mulf %g_c, %xhat : f32
-    %sum = arith.addf %acc, %gc_xhat : f32
-    linalg.yield %sum : f32
-  } -> tensor<?xf32>
+    %centred = arith.subf %x_w, %mean_s : {A}
+    %xhat = arith.mulf %centred, %rstd_s : {A}
+    %g = arith.mulf %gamma_w, %dy_w : {A}
+    %mean_g = arith.mulf %sum_g, %inv_n : {A}
+    %g_c = arith.subf %g, %mean_g : {A}
+    %gc_xhat = arith.mulf %g_c, %xhat : {A}
+    %sum = arith.addf %acc, %gc_xhat : {A}
+    linalg.yield %sum : {A}
+  } -> tensor<?x{A}>
 
   %dx_init = tensor.empty(%m, %n) : tensor<?x?x{T}>
   %dx = linalg.generic {
       indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows, #rows, #rows_cols],
       iterator_types = ["parallel", "parallel"]{ROW_DX_CONFIG}}
       ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g, %row_sum_gc_xhat
-          : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>, tensor<?xf32>)
+          : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>)
       outs(%dx_init : tensor<?x?x{T}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: f32, %rstd_s: f32, %sum_g: f32, %sum_gc_xhat: f32, %out: {T}):
+  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %sum_gc_xhat: {A}, %out: {T}):
     %dy_w = widen %dy_s
     %x_w = widen %x_s
     %gamma_w = widen %gamma_s
-    %centred = arith.subf %x_w, %mean_s : f32
-    %xhat = arith.mulf %centred, %rstd_s : f32
-    %g = arith.mulf %gamma_w, %dy_w : f32
-    %mean_g = arith.mulf %sum_g, %inv_n : f32
-    %mean_g_xhat = arith.mulf %sum_gc_xhat, %inv_n : f32
-    %t0 = arith.subf %g, %mean_g : f32
-    %t1 = arith.mulf %xhat, %mean_g_xhat : f32
-    %t2 = arith.subf %t0, %t1 : f32
-    %dx_w = arith.mulf %t2, %rstd_s : f32
+    %centred = arith.subf %x_w, %mean_s : {A}
+    %xhat = arith.mulf %centred, %rstd_s : {A}
+    %g = arith.mulf %gamma_w, %dy_w : {A}
+    %mean_g = arith.mulf %sum_g, %inv_n : {A}
+    %mean_g_xhat = arith.mulf %sum_gc_xhat, %inv_n : {A}
+    %t0 = arith.subf %g, %mean_g : {A}
+    %t1 = arith.mulf %xhat, %mean_g_xhat : {A}
+    %t2 = arith.subf %t0, %t1 : {A}
+    %dx_w = arith.mulf %t2, %rstd_s : {A}
     %dx_s = narrow %dx_w
     linalg.yield %dx_s : {T}
   } -> tensor<?x?x{T}>
@@ -156,9 +157,9 @@ func.func private @backward_with_stats(
   %dgamma, %dbeta = linalg.generic {
       indexing_maps = [affine_map<(j) -> (j)>, affine_map<(j) -> (j)>, affine_map<(j) -> (j)>, affine_map<(j) -> (j)>],
       iterator_types = ["parallel"]}
-      ins(%dgamma_f32, %dbeta_f32 : tensor<?xf32>, tensor<?xf32>)
+      ins(%dgamma_acc, %dbeta_acc : tensor<?x{A}>, tensor<?x{A}>)
       outs(%col_out_init, %col_out_init : tensor<?x{T}>, tensor<?x{T}>) {
-  ^bb0(%dgamma_w: f32, %dbeta_w: f32, %o0: {T}, %o1: {T}):
+  ^bb0(%dgamma_w: {A}, %dbeta_w: {A}, %o0: {T}, %o1: {T}):
     %dgamma_s = narrow %dgamma_w
     %dbeta_s = narrow %dbeta_w
     linalg.yield %dgamma_s, %dbeta_s : {T}, {T}

@@ -5,6 +5,7 @@ import pytest
 from conftest import DTYPES, TOLERANCE, random_problem, skip_unsupported
 
 from lnbwd_iree import LayerNormKernels
+from lnbwd_iree.runtime import STATS_DTYPES
 from lnbwd_iree.reference import backward_reference, forward_reference, relative_error
 
 # Odd sizes on purpose: single rows and columns, N not a multiple of 4 or 64.
@@ -51,7 +52,7 @@ def test_backward_with_saved_stats(kernels, rng, dtype, shape):
     skip_unsupported(kernels, dtype)
     dy, x, gamma, beta = random_problem(rng, shape, dtype)
     _, mean, rstd = forward_reference(x, gamma, beta)
-    mean, rstd = mean.astype(np.float32), rstd.astype(np.float32)
+    mean, rstd = mean.astype(STATS_DTYPES[dtype]), rstd.astype(STATS_DTYPES[dtype])
     want = backward_reference(dy, x, gamma, mean, rstd)
     # Results land in NaN-poisoned buffers: an element the kernel skips stays NaN.
     poisoned = [kernels.to_device(np.full(s, np.nan, DTYPES[dtype])) for s in (shape, shape[-1:], shape[-1:])]
@@ -72,7 +73,7 @@ def test_forward_then_backward_recompute(kernels, rng, dtype, shape):
     poisoned = kernels.to_device(np.full(shape, np.nan, DTYPES[dtype]))
     y, mean, rstd = host(kernels.forward(x, gamma, beta, eps=1e-5, out=poisoned))
     assert np.isfinite(np.asarray(poisoned.to_host(), np.float64)).all(), "y has unwritten elements"
-    assert mean.dtype == rstd.dtype == np.float32 and mean.shape == shape[:-1]
+    assert mean.dtype == rstd.dtype == STATS_DTYPES[dtype] and mean.shape == shape[:-1]
     assert_close("y", y, y_want, TOLERANCE[dtype])
     assert_close("mean", mean, mean_want, 1e-5)
     assert_close("rstd", rstd, rstd_want, 1e-5)
@@ -122,7 +123,7 @@ def test_empty_batch(kernels, dtype):
     n = 12
     x = np.ones((0, n), DTYPES[dtype])
     gamma = np.linspace(0.5, 1.5, n).astype(DTYPES[dtype])
-    dx, dgamma, dbeta = host(kernels.backward(x, x, gamma, np.ones(0, np.float32), np.ones(0, np.float32)))
+    dx, dgamma, dbeta = host(kernels.backward(x, x, gamma, np.ones(0, STATS_DTYPES[dtype]), np.ones(0, STATS_DTYPES[dtype])))
     assert dx.shape == (0, n)
     np.testing.assert_array_equal(dgamma, np.zeros(n))
     np.testing.assert_array_equal(dbeta, np.zeros(n))

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lnbwd_iree import kernels_for  # noqa: E402
-from lnbwd_iree.torch import LayerNorm, as_device_array  # noqa: E402
+from lnbwd_iree.torch import LayerNorm, LayerNormFunction, as_device_array  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}
 
@@ -93,8 +93,8 @@ def test_rejects_what_it_cannot_run():
     kernels = kernels_for("local-task")
     with pytest.raises(NotImplementedError, match="CPU and CUDA tensors"):
         LayerNorm(8)(torch.zeros(2, 8, device="meta"))
-    with pytest.raises(TypeError, match="unsupported dtype torch.float64"):
-        as_device_array(kernels, torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="unsupported dtype torch.int32"):
+        as_device_array(kernels, torch.zeros(2, 4, dtype=torch.int32))
     with pytest.raises(ValueError, match="contiguous"):
         as_device_array(kernels, torch.zeros(4, 2).t())
     with pytest.raises(ValueError, match="does not end with normalized_shape"):
@@ -124,3 +124,14 @@ def test_training_matches_torch_layer_norm():
     ours, theirs = train(LayerNorm), train(torch.nn.LayerNorm)
     assert theirs[-1] < 0.5 * theirs[0], "the reference run did not learn; the comparison would be vacuous"
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (2, 2, 5)], ids=lambda s: "x".join(map(str, s)))
+def test_gradcheck_in_double_precision(shape):
+    """torch.autograd.gradcheck of the IREE forward and backward, f64 on the CPU."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**31))
+    n = shape[-1]
+    x = (torch.randn(shape, generator=generator, dtype=torch.float64) * 2 + 0.5).reshape(-1, n).requires_grad_()
+    weight = (1 + 0.5 * torch.randn(n, generator=generator, dtype=torch.float64)).requires_grad_()
+    bias = torch.randn(n, generator=generator, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(LayerNormFunction.apply, (x, weight, bias, 1e-5))

@@ -35,8 +35,8 @@ def test_wrong_rank(cpu):
 
 def test_unsupported_and_mixed_dtypes(cpu):
     dy, x, gamma = arrays()
-    with pytest.raises(TypeError, match="dtype float64"):
-        cpu.backward(dy.astype(np.float64), x.astype(np.float64), gamma.astype(np.float64))
+    with pytest.raises(TypeError, match="dtype int32"):
+        cpu.backward(dy.astype(np.int32), x.astype(np.int32), gamma.astype(np.int32))
     with pytest.raises(TypeError, match="x has dtype float16 but dy has float32"):
         cpu.backward(dy, x.astype(np.float16), gamma)
     with pytest.raises(TypeError, match="gamma has dtype bfloat16"):
@@ -98,3 +98,10 @@ def test_bad_out_buffer(cpu):
         cpu.backward(dy, x, gamma, out=np.empty_like(x))
     with pytest.raises(ValueError, match=r"out dx must have shape \(4, 8\) and dtype float32"):
         cpu.backward(dy, x, gamma, out=cpu.allocate((4, 8), np.float16))
+
+
+def test_f64_is_for_cpus():
+    from lnbwd_iree.targets import Target
+
+    with pytest.raises(TypeError, match="f64 is not supported on cuda-sm_80"):
+        Target("cuda", "sm_80", ("cuda",)).check_dtype("f64")
