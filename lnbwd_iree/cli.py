@@ -11,11 +11,9 @@ import numpy as np
 
 from . import bench, cache, compiler, targets
 from .kernels import DTYPES, KERNELS, Specialization
-from .reference import backward_reference, relative_error
+from .reference import TOLERANCE, backward_reference, relative_error
 from .runtime import STORAGE_DTYPES, LayerNormKernels
 
-# Norm-wise relative error bounds for PASS, as justified in tests/conftest.py.
-TOLERANCE = {"f64": 1e-12, "f32": 1e-5, "f16": 4 * 2.0**-11, "bf16": 4 * 2.0**-8}
 
 
 def cmd_run(args) -> int:

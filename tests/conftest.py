@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lnbwd_iree import LayerNormKernels
+from lnbwd_iree.reference import TOLERANCE  # noqa: F401  (error bounds per dtype, for the test modules)
 
 # (driver, backend) pairs; GPU ones are skipped where no such device exists.
 # LNBWD_IREE_TEST_DEVICES (comma-separated drivers) narrows the list, e.g. to
@@ -22,14 +23,6 @@ if os.environ.get("LNBWD_IREE_TEST_DEVICES"):
     BACKENDS = [b for b in BACKENDS if b[0] in wanted]
 
 DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16, "f64": np.float64}
-
-# Norm-wise relative error bounds. Inputs are first rounded to the storage type
-# and the float64 reference sees the rounded values, so what remains is f32
-# arithmetic (~1e-7) plus one rounding of each output to storage precision:
-# unit roundoff u = 2^-11 (f16) or 2^-8 (bf16), bounded norm-wise by u. The
-# tolerance allows 4u for that rounding; f32 allows 100x its arithmetic error.
-# f64 (CPUs only) allows 1e-12: its arithmetic error is ~1e-16 per operation.
-TOLERANCE = {"f32": 1e-5, "f16": 4 * 2.0**-11, "bf16": 4 * 2.0**-8, "f64": 1e-12}
 
 _kernels: dict = {}
 

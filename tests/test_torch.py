@@ -6,9 +6,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lnbwd_iree import kernels_for  # noqa: E402
+from lnbwd_iree.reference import TOLERANCE as REFERENCE_TOLERANCE  # noqa: E402
 from lnbwd_iree.torch import LayerNorm, LayerNormFunction, as_device_array  # noqa: E402
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}
+TOLERANCE = {torch.float32: REFERENCE_TOLERANCE["f32"], torch.float16: REFERENCE_TOLERANCE["f16"], torch.bfloat16: REFERENCE_TOLERANCE["bf16"]}
 
 
 def relative(a, b):
