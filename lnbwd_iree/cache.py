@@ -74,10 +74,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def artifact_name(spec: Specialization, target: Target, flags: tuple[str, ...]) -> str:
-    extra = flags[len(target.flags()) :]
-    tag = "_" + hashlib.sha256("\0".join(extra).encode()).hexdigest()[:8] if extra else ""
-    return f"{spec.stem}_{target.name}{tag}.vmfb"
+def artifact_name(spec: Specialization, target: Target) -> str:
+    return f"{spec.stem}_{target.name}.vmfb"
 
 
 class ArtifactStore:
@@ -91,37 +89,35 @@ class ArtifactStore:
             dirs += [Path(d) for d in os.environ[ARTIFACTS_ENV].split(os.pathsep) if d]
         self.artifact_dirs = tuple(dirs)
 
-    def _is_valid(self, path: Path, spec: Specialization, target: Target, flags: tuple[str, ...]) -> bool:
+    def _is_valid(self, path: Path, spec: Specialization, target: Target) -> bool:
         record = ArtifactRecord.load(path.with_name(path.name + ".json"))
         if record is None or not path.exists():
             return False
         installed = compiler.compiler_version()
         return (
             record.source_sha256 == spec.source_hash(target)
-            and record.flags == flags
+            and record.flags == target.flags()
             and record.target_identity == target.identity()
             # A runtime-only deployment cannot rebuild, so it trusts the recorded compiler.
             and (installed is None or record.compiler_version == installed)
             and hashlib.sha256(path.read_bytes()).hexdigest() == record.vmfb_sha256
         )
 
-    def find(self, spec: Specialization, target: Target, extra_flags: tuple[str, ...] = ()) -> Path | None:
-        flags = (*target.flags(), *extra_flags)
-        name = artifact_name(spec, target, flags)
+    def find(self, spec: Specialization, target: Target) -> Path | None:
+        name = artifact_name(spec, target)
         for directory in (*self.artifact_dirs, self.cache_dir):
-            if self._is_valid(directory / name, spec, target, flags):
+            if self._is_valid(directory / name, spec, target):
                 return directory / name
         return None
 
-    def get(self, spec: Specialization, target: Target, extra_flags: tuple[str, ...] = ()) -> Path:
+    def get(self, spec: Specialization, target: Target) -> Path:
         """A valid artifact's path, building it into the cache when none exists."""
-        return self.find(spec, target, extra_flags) or self.build(spec, target, self.cache_dir, extra_flags)
+        return self.find(spec, target) or self.build(spec, target, self.cache_dir)
 
     @staticmethod
-    def build(spec: Specialization, target: Target, out_dir: Path, extra_flags: tuple[str, ...] = ()) -> Path:
-        flags = (*target.flags(), *extra_flags)
-        vmfb = compiler.compile_to_bytes(spec, target, extra_flags)
-        path = Path(out_dir) / artifact_name(spec, target, flags)
+    def build(spec: Specialization, target: Target, out_dir: Path) -> Path:
+        vmfb = compiler.compile_to_bytes(spec, target)
+        path = Path(out_dir) / artifact_name(spec, target)
         record = ArtifactRecord(
             file=path.name,
             kernel=spec.kernel.name,
@@ -133,7 +129,7 @@ class ArtifactStore:
             backend=target.backend,
             chip=target.chip,
             target_identity=target.identity(),
-            flags=flags,
+            flags=target.flags(),
             source_sha256=spec.source_hash(target),
             compiler_version=compiler.compiler_version() or "unknown",
             vmfb_sha256=hashlib.sha256(vmfb).hexdigest(),

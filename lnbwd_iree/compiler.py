@@ -27,7 +27,7 @@ def numbered(source: str) -> str:
     return "\n".join(f"{i:4d}: {line}" for i, line in enumerate(source.splitlines(), start=1))
 
 
-def compile_to_bytes(spec: Specialization, target: Target, extra_flags: tuple[str, ...] = ()) -> bytes:
+def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
     try:
         from iree.compiler import tools
     except ImportError as e:
@@ -38,7 +38,7 @@ def compile_to_bytes(spec: Specialization, target: Target, extra_flags: tuple[st
         ) from e
     source = spec.source(target)
     try:
-        return tools.compile_str(source, extra_args=[*target.flags(), *extra_flags])
+        return tools.compile_str(source, extra_args=list(target.flags()))
     except tools.CompilerToolError as e:
         raise CompilationError(
             f"iree-compile failed on {spec.stem} for {target.name}:\n{e}\n--- source ---\n{numbered(source)}"
