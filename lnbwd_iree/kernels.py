@@ -21,6 +21,11 @@ ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}
 ACCUMULATOR = {"f32": "f32", "f16": "f32", "bf16": "f32", "f64": "f64"}
 
 
+def subgroup_size(target: Target) -> int:
+    """Lanes per subgroup the GPU schedules assume: wave64 on CDNA (gfx9), else 32."""
+    return 64 if target.chip.startswith("gfx9") else 32
+
+
 @dataclass(frozen=True)
 class Kernel:
     name: str  # also the template file stem
@@ -55,6 +60,15 @@ class Specialization:
     def stem(self) -> str:
         return f"{self.kernel.name}_{self.signature}"
 
+    @property
+    def vector(self) -> int:
+        """Elements per 16-byte access, the width GPU schedules load."""
+        return 16 // ITEMSIZE[self.dtype]
+
+    def is_large(self) -> bool:
+        """Static shapes whose dY and X exceed 64 MiB: bandwidth-bound on GPUs."""
+        return 2 * self.m * (self.n or 1) * ITEMSIZE[self.dtype] >= 64 << 20
+
     def column_blocks(self, target: Target) -> tuple[int, int] | None:
         """(G, R): the column sums run over G blocks of R rows (M = G * R) when
         M is static; None for a single reduction over all M rows."""
@@ -69,10 +83,9 @@ class Specialization:
         # ~G, so G ~ sqrt(M) balances the two for small problems; large ones
         # (dY + X over 64 MiB) are bandwidth-bound and need G * N / 16-byte
         # threads >= 2^17 to keep enough loads in flight.
-        vector = 16 // ITEMSIZE[self.dtype]
         blocks = 1 << math.ceil(math.log2(math.sqrt(self.m)))
-        if 2 * self.m * (self.n or 1) * ITEMSIZE[self.dtype] >= 64 << 20:
-            blocks = max(blocks, 1 << math.ceil(math.log2(2**17 * vector / (self.n or 1))))
+        if self.is_large():
+            blocks = max(blocks, 1 << math.ceil(math.log2(2**17 * self.vector / (self.n or 1))))
         blocks = min(blocks, self.m // 2)
         while blocks > 1 and self.m % blocks:
             blocks //= 2
@@ -84,8 +97,7 @@ class Specialization:
         at 65536x768 (G = 1024) and small shapes by ~20 us, but its strided
         writes cost 15-40 us on large shapes with G <= 256, where the final sum
         over [G, 2, N] took ~8 us."""
-        large = 2 * self.m * self.n * ITEMSIZE[self.dtype] >= 64 << 20
-        if target.is_gpu and (blocks >= 512 or not large):
+        if target.is_gpu and (blocks >= 512 or not self.is_large()):
             return {"PARTIALS": f"2x?x{blocks}x{ACCUMULATOR[self.dtype]}", "PARTIAL_INDEX": "(k, j, g)"}
         return {"PARTIALS": f"{blocks}x2x?x{ACCUMULATOR[self.dtype]}", "PARTIAL_INDEX": "(g, k, j)"}
 
@@ -94,8 +106,8 @@ class Specialization:
         (see column_sums_blocked.mlir), or "" to leave the choice to IREE."""
         if not target.is_gpu or self.n is None:
             return ""
-        vector = 16 // ITEMSIZE[self.dtype]
-        subgroup = 64 if target.chip.startswith("gfx9") else 32
+        vector = self.vector
+        subgroup = subgroup_size(target)
         threads = next((t for t in (128, 64, 32) if t >= subgroup and self.n % (t * vector) == 0), None)
         if threads is None:
             return ""
@@ -126,8 +138,8 @@ class Specialization:
         empty = {"ROW_SUM_CONFIG": "", "ROW_ROOT_CONFIG": "", "ROW_DX_CONFIG": ""}
         if not target.is_gpu or self.n is None:
             return empty
-        vector = 16 // ITEMSIZE[self.dtype]
-        lanes = 64 if target.chip.startswith("gfx9") else 32
+        vector = self.vector
+        lanes = subgroup_size(target)
         # One thread per 128 bytes of a row's dY and X: with up to 2048 threads
         # per SM/CU, the rows in flight then total about 256 KiB, what its L1
         # holds, so the second and third pass over a row hit L1.
