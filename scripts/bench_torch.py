@@ -1,44 +1,35 @@
 """Forward + backward of lnbwd_iree.torch.LayerNorm against torch.nn.LayerNorm
-(torch eager), same inputs, same device; median of trials of back-to-back
-steps with one synchronisation each. Writes benchmarks/torch_layernorm_<device>.{json,md}.
+(torch eager), same inputs, same device; timed like `lnbwd-iree bench`
+(bench.time_calls: median of trials of back-to-back steps, one
+synchronisation per trial). Writes benchmarks/torch_layernorm_<device>.{json,md}.
 
 python scripts/bench_torch.py cuda 8192x4096 4096x1024
 """
 
 import datetime
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from lnbwd_iree.bench import parse_shape
+from lnbwd_iree.bench import parse_shape, time_calls
 from lnbwd_iree.torch import LayerNorm
 
 device = sys.argv[1]
 rows = []
 
 
-def step_time(module, x, dy, steps=20, trials=9):
-    def step():
-        y = module(x)
-        y.backward(dy)
+def synchronize():
+    if device == "cuda":
+        torch.cuda.synchronize()
 
-    for _ in range(3):
-        step()
-    samples = []
-    for _ in range(trials):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) / steps)
-    return statistics.median(samples)
+
+def step_time(module, x, dy):
+    def step(_):
+        module(x).backward(dy)
+
+    return time_calls(step, synchronize, 1, trials=9)
 
 
 for text in sys.argv[2:]:
@@ -54,7 +45,7 @@ for text in sys.argv[2:]:
 
 out = Path(__file__).resolve().parent.parent / "benchmarks"
 name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-report = {"device": name, "date": datetime.date.today().isoformat(), "timing": "forward+backward steps, median of 9 trials of 20", "results": rows}
+report = {"device": name, "date": datetime.date.today().isoformat(), "timing": "forward+backward steps, bench.time_calls, median of 9 trials", "results": rows}
 (out / f"torch_layernorm_{device}.json").write_text(json.dumps(report, indent=2))
 lines = [f"# torch LayerNorm forward+backward, {name}, {report['date']}", "", "| dtype | M x N | lnbwd_iree us | torch eager us | ratio |", "|---|---|---|---|---|"]
 by = {(r["impl"], r["m"], r["n"], r["dtype"]): r["median_us"] for r in rows}
