@@ -6,7 +6,9 @@
   // The partial sums iterate (g, j, r) with the reduction innermost, as IREE
   // would reorder them anyway; on GPU targets PARTIAL_CONFIG pins a schedule
   // in which each thread owns a 16-byte run of columns and walks down its
-  // rows serially, so every warp load is one coalesced row segment.
+  // rows serially, so every warp load is one coalesced row segment; on
+  // llvm-cpu one in which each vector step reads 64 contiguous columns of
+  // one row.
   %dy_rows = tensor.cast %dy : tensor<?x?x{T}> to tensor<{M}x?x{T}>
   %x_rows = tensor.cast %x : tensor<?x?x{T}> to tensor<{M}x?x{T}>
   %mean_rows = tensor.cast %mean : tensor<?x{A}> to tensor<{M}x{A}>
