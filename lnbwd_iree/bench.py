@@ -149,7 +149,28 @@ def numpy_backward(dy, x, gamma, mean, rstd):
     return dx.astype(dy.dtype), (dyf * x_hat).sum(0).astype(dy.dtype), dyf.sum(0).astype(dy.dtype)
 
 
-def run(device: str, shapes, dtypes, *, chip=None, artifact_dir=None, impls=None, seed=None, log=print) -> dict:
+def limit_cpu_threads(device: str, threads: int) -> None:
+    """Runs the host implementations on ``threads`` cores: IREE's local-task
+    worker count (a runtime flag, read when the device is created, so this must
+    come before the first LayerNormKernels of the process) and torch's."""
+    if not device.startswith("local"):
+        raise ValueError(f"threads applies to the local-task and local-sync devices, not {device!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    from iree import runtime as ireert
+
+    ireert.flags.parse_flags(f"--task_topology_max_group_count={threads}")
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+def run(device: str, shapes, dtypes, *, chip=None, artifact_dir=None, impls=None, seed=None, threads=None,
+        log=print) -> dict:
+    if threads is not None:
+        limit_cpu_threads(device, threads)
     # One compile thread: inductor's default worker pool competes for the CPU
     # with the host-bound small calls timed in the same process.
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
@@ -241,6 +262,7 @@ def run(device: str, shapes, dtypes, *, chip=None, artifact_dir=None, impls=None
         "iree_version": metadata.version("iree-base-runtime"),
         "date": datetime.date.today().isoformat(),
         "copy_gbps": copy_gbps,
+        "threads": threads or (os.cpu_count() if device.startswith("local") else None),
         "timing": "back-to-back calls, one synchronisation per trial, median over 15 trials; inputs rotated over >= 2x L2",
         "results": results,
     }
@@ -261,7 +283,7 @@ def write_report(report: dict, stem: Path) -> list[Path]:
         f"IREE {report['iree_version']}, {report['date']}; copy bandwidth {report['copy_gbps']:.0f} GB/s"
         if report["copy_gbps"] else f"IREE {report['iree_version']}, {report['date']}",
         "",
-        f"Timing: {report['timing']}.",
+        f"Timing: {report['timing']}." + (f" Host threads: {report['threads']}." if report.get("threads") else ""),
         "",
         "| dtype | M x N | " + " | ".join(f"{i} us (% copy)" for i in impls) + " | best IREE vs torch eager |",
         "|---" * (len(impls) + 3) + "|",

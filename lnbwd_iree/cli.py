@@ -78,7 +78,7 @@ def cmd_compile(args) -> int:
 def cmd_bench(args) -> int:
     shapes = [bench.parse_shape(s) for s in args.shape]
     report = bench.run(args.device, shapes, args.dtype, chip=args.chip, artifact_dir=args.artifact_dir,
-                       impls=args.impl, seed=args.seed)
+                       impls=args.impl, seed=args.seed, threads=args.threads)
     stem = Path(args.json).with_suffix("") if args.json else Path("benchmarks") / f"bench_{args.device}"
     for path in bench.write_report(report, stem):
         print(f"wrote {path}")
@@ -136,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--impl", action="append", help="restrict to these implementations")
     b.add_argument("--json", help="output path; .md and .png are written beside it")
     b.add_argument("--seed", type=int)
+    b.add_argument("--threads", type=int, help="local devices: run IREE and torch on this many cores")
     b.set_defaults(fn=cmd_bench)
 
     info = sub.add_parser("info", help="versions, drivers and devices, cache folder")
