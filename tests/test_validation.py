@@ -105,3 +105,14 @@ def test_f64_is_for_cpus():
 
     with pytest.raises(TypeError, match="f64 is not supported on cuda-sm_80"):
         Target("cuda", "sm_80", ("cuda",)).check_dtype("f64")
+
+
+@pytest.mark.parametrize(
+    "device, threads, match",
+    [("cuda", 1, "local-task and local-sync"), ("local-task", 0, "positive int"), ("local-task", 1.5, "positive int")],
+)
+def test_bench_threads_are_checked(device, threads, match):
+    from lnbwd_iree import bench
+
+    with pytest.raises(ValueError, match=match):
+        bench.limit_cpu_threads(device, threads)
