@@ -262,7 +262,8 @@ def run(device: str, shapes, dtypes, *, chip=None, artifact_dir=None, impls=None
         "iree_version": metadata.version("iree-base-runtime"),
         "date": datetime.date.today().isoformat(),
         "copy_gbps": copy_gbps,
-        "threads": threads or (os.cpu_count() if device.startswith("local") else None),
+        # None: each library's default (IREE and torch both use one thread per physical core).
+        "threads": threads,
         "timing": "back-to-back calls, one synchronisation per trial, median over 15 trials; inputs rotated over >= 2x L2",
         "results": results,
     }
