@@ -185,6 +185,91 @@ class Specialization:
             "ROW_DX_CONFIG": f", lowering_config = {elementwise}",
         }
 
+    def row_blocks(self, target: Target) -> tuple[int, int, int] | None:
+        """(G, R, S) when the backward runs as one pass over dY and X
+        (row_block_pass.mlir): G workgroups of S subgroups, each walking R
+        rows; None for the two-pass design.
+
+        Chosen from H100 measurements of the one-pass kernel against the two
+        passes (docs/performance.md). It wins for rows of up to 16 KiB in f32
+        (8192x4096: 227 -> 171 us of kernel time) and 2 KiB in 16-bit types:
+        each row step reads and writes its block's fp32 partial sums (2N
+        values, in L2), which costs more than the saved second pass once rows
+        hold more bytes of partials than of data."""
+        if not target.is_gpu or self.m is None or self.n is None:
+            return None
+        row_bytes = self.n * ITEMSIZE[self.dtype]
+        if row_bytes > (16384 if self.dtype == "f32" else 2048):
+            return None
+        lanes = subgroup_size(target)
+        # About 2 KiB of a row per subgroup: the best of 1-32 subgroups
+        # measured for rows of 768-16384 elements, or within 10% of it.
+        wanted = max(1, row_bytes // 2048)
+        subgroups = next((s for s in range(wanted, 0, -1) if self.n % (lanes * s * self.vector) == 0), None)
+        if subgroups is None:
+            return None
+        # 64-row blocks for rows under 4 KiB, else 32 (within a few percent of
+        # the best of 8-128 on each measured shape), halved while fewer than
+        # 2^15 threads would run: a block walks its rows one at a time.
+        rows = 64 if row_bytes < 4096 else 32
+        while rows > 2 and (self.m % rows or self.m // rows * lanes * subgroups < 2**15):
+            rows //= 2
+        if self.m % rows:
+            return None
+        return self.m // rows, rows, subgroups
+
+    def row_block_configs(self, target: Target, blocks: int, rows: int, subgroups: int) -> dict[str, str]:
+        """Template fields of row_block_pass.mlir: each row spread over the
+        workgroup's lanes, then its subgroups, a 16-byte vector per thread
+        and step."""
+        lanes = subgroup_size(target)
+        vector = self.vector
+
+        def basis(thread: list[int]) -> str:
+            # Dim 2 is the column j in all three iteration spaces: (g, r, j),
+            # (g, k, j) and (g, k, j, r).
+            def counts(n: int) -> str:
+                values = [1] * len(thread)
+                values[2] = n
+                return f"[{values}, {list(range(len(thread)))}]"
+
+            return f"lane_basis = {counts(lanes)}, subgroup_basis = {counts(subgroups)}, thread = {thread}"
+
+        translation = (
+            "#iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<VectorDistribute> "
+            f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}>"
+        )
+        partial = f"{basis([0, 2, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
+        return {
+            "G": str(blocks),
+            "R": str(rows),
+            "TWO_N": str(2 * self.n),
+            "ROW_BLOCK_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
+            "ROW_BLOCK_ZERO_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
+            "ROW_BLOCK_PARTIAL_CONFIG": (
+                ", compilation_info = #iree_codegen.compilation_info<lowering_config = "
+                f"#iree_gpu.lowering_config<{{{partial}}}>, translation_info = {translation}>"
+            ),
+            "PARTIAL_SUM_CONFIG": self._partial_sum_config(lanes, blocks),
+        }
+
+    def _partial_sum_config(self, lanes: int, blocks: int) -> str:
+        """Schedule for row_block_pass.mlir's sum of the [G, 2N] partials,
+        iterated (c, g): up to 8 subgroups split the G rows, each thread
+        reading one 16-byte vector of columns per row; "" (IREE's choice)
+        when G does not split evenly."""
+        vector = 16 // ITEMSIZE[ACCUMULATOR[self.dtype]]
+        subgroups = next((s for s in (8, 4, 2, 1) if blocks % (lanes * s) == 0), None)
+        if subgroups is None:
+            return ""
+        return (
+            ", compilation_info = #iree_codegen.compilation_info<lowering_config = #iree_gpu.lowering_config<{"
+            f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[1, {subgroups}], [0, 1]], thread = [{vector}, 1], "
+            f"partial_reduction = [0, {lanes * subgroups}], workgroup = [{vector}, 0]}}>, "
+            "translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<VectorDistribute> "
+            f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}>>"
+        )
+
     def stats_barrier(self, needed: bool) -> str:
         """Defines %mean, %rstd from %mean_fused, %rstd_fused in the recompute
         entry: through an optimization barrier when the row dispatch has a
@@ -205,9 +290,15 @@ class Specialization:
             "A": ACCUMULATOR[self.dtype],
             "M": "?" if self.m is None else str(self.m),
             "N": "?" if self.n is None else str(self.n),
+            "GRADIENT_PASSES": "row_then_column_passes.mlir",
             "COLUMN_SUMS": "column_sums_direct.mlir",
         }
         if self.kernel.name == "layernorm_backward":
+            row_blocks = self.row_blocks(target)
+            if row_blocks is not None:
+                fields.update(self.row_block_configs(target, *row_blocks))
+                fields.update(GRADIENT_PASSES="row_block_pass.mlir", STATS_BARRIER=self.stats_barrier(True))
+                return render(f"{self.kernel.name}.mlir", fields)
             configs = self.row_configs(target)
             fields.update(configs, STATS_BARRIER=self.stats_barrier(bool(configs["ROW_ROOT_CONFIG"])))
         blocks = self.column_blocks(target)

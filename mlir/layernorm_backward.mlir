@@ -4,12 +4,14 @@
 // A template (lnbwd_iree/template.py fills its upper-case fields in braces):
 // T is the storage type of dY, X, gamma, dX, dgamma, dbeta (f32, f16, bf16,
 // or f64 on CPUs); A the arithmetic type, also that of mean and rstd (f64
-// for f64 storage, else f32); M and N are static dims or "?"; COLUMN_SUMS
-// names the file that computes %dgamma_acc and %dbeta_acc
-// (column_sums_direct.mlir, or column_sums_blocked.mlir for static M);
-// ROW_*_CONFIG are hand-set GPU schedules for the fused row dispatch, or
-// empty. `%a = widen %b` / `%a = narrow %b` lines convert T to A and back,
-// and vanish when T is A; `%a = from_f32 %b` converts the f32 eps to A.
+// for f64 storage, else f32); M and N are static dims or "?";
+// GRADIENT_PASSES names the file that computes %dx, %dgamma_acc and
+// %dbeta_acc: row_then_column_passes.mlir (two passes over dY and X; its
+// COLUMN_SUMS is column_sums_direct.mlir, or column_sums_blocked.mlir for
+// static M; ROW_*_CONFIG are hand-set GPU schedules for its row dispatch, or
+// empty) or row_block_pass.mlir (one pass, for static shapes on GPUs).
+// `%a = widen %b` / `%a = narrow %b` lines convert T to A and back, and
+// vanish when T is A; `%a = from_f32 %b` converts the f32 eps to A.
 //
 // Math, with x_hat = (x - mean) * rstd and g = gamma * dY:
 //   dbeta_j  = sum_i dY_ij
@@ -86,72 +88,7 @@ func.func private @backward_with_stats(
   %one = arith.constant 1.0 : {A}
   %inv_n = arith.divf %one, %n_acc : {A}
 
-  %row_init = tensor.empty(%m) : tensor<?x{A}>
-  %row_zero = linalg.fill ins(%zero : {A}) outs(%row_init : tensor<?x{A}>) -> tensor<?x{A}>
-
-  // Per-row sum of gamma * dY. One reduction output per generic: GPU
-  // bufferization rejects generics with two reduction outputs.
-  %row_sum_g = linalg.generic {
-      indexing_maps = [#rows_cols, #cols, #rows],
-      iterator_types = ["parallel", "reduction"]{ROW_SUM_CONFIG}}
-      ins(%dy, %gamma : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?x{A}>) {
-  ^bb0(%dy_s: {T}, %gamma_s: {T}, %acc: {A}):
-    %dy_w = widen %dy_s
-    %gamma_w = widen %gamma_s
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %sum = arith.addf %acc, %g : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<?x{A}>
-
-  // Per-row sum of (g - mean_j'(g)) * x_hat. Equal to sum(g * x_hat) when
-  // mean and rstd are X's statistics (sum_j x_hat = 0), and better
-  // conditioned. Taking the first sum as an input makes the two reductions
-  // and dX one chain, as in softmax, which IREE fuses into one dispatch:
-  // dY and X are read once for all three instead of once per reduction.
-  %row_sum_gc_xhat = linalg.generic {
-      indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows, #rows],
-      iterator_types = ["parallel", "reduction"]{ROW_ROOT_CONFIG}}
-      ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>)
-      outs(%row_zero : tensor<?x{A}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %acc: {A}):
-    %dy_w = widen %dy_s
-    %x_w = widen %x_s
-    %gamma_w = widen %gamma_s
-    %centred = arith.subf %x_w, %mean_s : {A}
-    %xhat = arith.mulf %centred, %rstd_s : {A}
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %mean_g = arith.mulf %sum_g, %inv_n : {A}
-    %g_c = arith.subf %g, %mean_g : {A}
-    %gc_xhat = arith.mulf %g_c, %xhat : {A}
-    %sum = arith.addf %acc, %gc_xhat : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<?x{A}>
-
-  %dx_init = tensor.empty(%m, %n) : tensor<?x?x{T}>
-  %dx = linalg.generic {
-      indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows, #rows, #rows_cols],
-      iterator_types = ["parallel", "parallel"]{ROW_DX_CONFIG}}
-      ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g, %row_sum_gc_xhat
-          : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>)
-      outs(%dx_init : tensor<?x?x{T}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %sum_gc_xhat: {A}, %out: {T}):
-    %dy_w = widen %dy_s
-    %x_w = widen %x_s
-    %gamma_w = widen %gamma_s
-    %centred = arith.subf %x_w, %mean_s : {A}
-    %xhat = arith.mulf %centred, %rstd_s : {A}
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %mean_g = arith.mulf %sum_g, %inv_n : {A}
-    %mean_g_xhat = arith.mulf %sum_gc_xhat, %inv_n : {A}
-    %t0 = arith.subf %g, %mean_g : {A}
-    %t1 = arith.mulf %xhat, %mean_g_xhat : {A}
-    %t2 = arith.subf %t0, %t1 : {A}
-    %dx_w = arith.mulf %t2, %rstd_s : {A}
-    %dx_s = narrow %dx_w
-    linalg.yield %dx_s : {T}
-  } -> tensor<?x?x{T}>
-
-  {COLUMN_SUMS}
+  {GRADIENT_PASSES}
 
   %col_out_init = tensor.empty(%n) : tensor<?x{T}>
   %dgamma, %dbeta = linalg.generic {
