@@ -190,13 +190,14 @@ class Specialization:
         (row_block_pass.mlir): G workgroups of S subgroups, each walking R
         rows; None for the two-pass design.
 
-        Chosen from H100 measurements of the one-pass kernel against the two
-        passes (docs/performance.md). It wins for rows of up to 16 KiB in f32
-        (8192x4096: 227 -> 171 us of kernel time) and 2 KiB in 16-bit types:
+        Chosen from H100 measurements against the two passes
+        (docs/performance.md). For large shapes it wins with rows of up to
+        16 KiB in f32 (8192x4096: 253 -> 202 us) and 2 KiB in 16-bit types:
         each row step reads and writes its block's fp32 partial sums (2N
-        values, in L2), which costs more than the saved second pass once rows
-        hold more bytes of partials than of data."""
-        if not target.is_gpu or self.m is None or self.n is None:
+        values, in L2), which costs more than the saved second pass once a
+        row holds fewer bytes of data than of partials. Small shapes measured
+        no faster (4096x1024 bf16 slower) and keep two passes."""
+        if not target.is_gpu or self.m is None or self.n is None or not self.is_large():
             return None
         row_bytes = self.n * ITEMSIZE[self.dtype]
         if row_bytes > (16384 if self.dtype == "f32" else 2048):

@@ -158,3 +158,29 @@ def test_static_shape_artifacts(kernels, rng, dtype, shape, cache_dir):
     assert np.isfinite(np.asarray(poisoned.to_host(), np.float64)).all(), "dX has unwritten elements"
     for name, g, w, scale in zip(("dx", "dgamma", "dbeta"), got, want, sum_scales(dy, x, gamma, mean, rstd)):
         assert_close(name, g, w, TOLERANCE[dtype], scale)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [("f32", (8192, 4096)), ("f32", (32768, 1024)), ("f32", (65536, 768)), ("bf16", (32768, 1024)), ("bf16", (65536, 768))],
+    ids=str,
+)
+def test_one_pass_artifacts(kernels, rng, dtype, shape, cache_dir):
+    """The shipped one-pass GPU artifacts (row_block_pass.mlir), at the sizes
+    that select them, with every output poisoned first."""
+    target = kernels.target
+    if not target.is_gpu:
+        pytest.skip("the one-pass design is built for GPU targets only")
+    static = LayerNormKernels(
+        kernels.driver, backend=target.backend, chip=target.chip, cache_dir=cache_dir, static_shapes=True
+    )
+    skip_unsupported(static, dtype)
+    dy, x, gamma, beta = random_problem(rng, shape, dtype)
+    _, mean, rstd = forward_reference(x, gamma, beta)
+    mean, rstd = mean.astype(np.float32), rstd.astype(np.float32)
+    want = backward_reference(dy, x, gamma, mean, rstd)
+    out = tuple(static.to_device(np.full(s, np.nan, DTYPES[dtype])) for s in (shape, shape[-1:], shape[-1:]))
+    got = host(static.backward(dy, x, gamma, mean, rstd, out=out))
+    for name, g, w, scale in zip(("dx", "dgamma", "dbeta"), got, want, sum_scales(dy, x, gamma, mean, rstd)):
+        assert np.isfinite(np.asarray(g, np.float64)).all(), f"{name} has unwritten elements"
+        assert_close(name, g, w, TOLERANCE[dtype], scale)

@@ -1,0 +1,51 @@
+"""Which design and schedule each specialisation renders (no device needed)."""
+
+import pytest
+
+from lnbwd_iree.kernels import LAYERNORM_BACKWARD, Specialization
+from lnbwd_iree.targets import Target, target_for
+
+CUDA = target_for("cuda", "sm_80")
+GFX942 = Target("rocm", "gfx942", ("hip",))
+CPU = target_for("local-task")
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target, expected",
+    [
+        # (G, R, S): blocks, rows per block, subgroups per workgroup.
+        ("f32", (8192, 4096), CUDA, (256, 32, 8)),
+        ("f32", (32768, 1024), CUDA, (1024, 32, 2)),
+        ("f32", (65536, 768), CUDA, (1024, 64, 1)),
+        ("bf16", (32768, 1024), CUDA, (1024, 32, 1)),
+        # wave64: a step covers 64 lanes x 8 bf16 = 512 columns, which divides 1024, not 768.
+        ("bf16", (32768, 1024), GFX942, (512, 64, 1)),
+        ("bf16", (65536, 768), GFX942, None),
+        # Rows beyond 16 KiB (f32) or 2 KiB (16-bit) keep two passes.
+        ("f32", (4096, 16384), CUDA, None),
+        ("bf16", (8192, 4096), CUDA, None),
+        # Small shapes, CPUs and dynamic shapes keep two passes.
+        ("f32", (4096, 1024), CUDA, None),
+        ("f32", (8192, 4096), CPU, None),
+        ("f32", (None, None), CUDA, None),
+    ],
+    ids=str,
+)
+def test_one_pass_is_chosen_where_it_measured_faster(dtype, shape, target, expected):
+    spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
+    assert spec.row_blocks(target) == expected
+    source = spec.source(target)
+    assert ("flow.dispatch.region" in source) == (expected is not None)
+    if expected is not None:
+        blocks, rows, subgroups = expected
+        assert blocks * rows == spec.m
+        assert f"tensor<{blocks}x{rows}x{spec.n}x{dtype}>" in source
+        lanes = 64 if target.chip.startswith("gfx9") else 32
+        assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
+
+
+def test_partial_sum_schedule_needs_blocks_that_split_evenly():
+    spec = Specialization(LAYERNORM_BACKWARD, "f32", 8192, 4096)
+    assert "subgroup_basis = [[1, 8], [0, 1]]" in spec._partial_sum_config(32, 256)
+    assert "subgroup_basis = [[1, 2], [0, 1]]" in spec._partial_sum_config(32, 64)
+    assert spec._partial_sum_config(32, 48) == ""
