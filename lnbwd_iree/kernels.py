@@ -195,9 +195,10 @@ class Specialization:
         16 KiB in f32 (8192x4096: 253 -> 202 us) and 2 KiB in 16-bit types:
         each row step reads and writes its block's fp32 partial sums (2N
         values, in L2), which costs more than the saved second pass once a
-        row holds fewer bytes of data than of partials. Small shapes measured
-        no faster (4096x1024 bf16 slower) and keep two passes."""
-        if not target.is_gpu or self.m is None or self.n is None or not self.is_large():
+        row holds fewer bytes of data than of partials. Small shapes too: f32
+        4096x1024 is GPU-bound with two passes (58-61 -> 40-44 us per call);
+        the other small shapes are host-bound (~40 us per call) either way."""
+        if not target.is_gpu or self.m is None or self.n is None:
             return None
         row_bytes = self.n * ITEMSIZE[self.dtype]
         if row_bytes > (16384 if self.dtype == "f32" else 2048):

@@ -24,8 +24,12 @@ CPU = target_for("local-task")
         # Rows beyond 16 KiB (f32) or 2 KiB (16-bit) keep two passes.
         ("f32", (4096, 16384), CUDA, None),
         ("bf16", (8192, 4096), CUDA, None),
-        # Small shapes, CPUs and dynamic shapes keep two passes.
-        ("f32", (4096, 1024), CUDA, None),
+        # Small shapes: fewer rows per block, so that 2^15 threads still run.
+        ("f32", (4096, 1024), CUDA, (512, 8, 2)),
+        ("bf16", (1024, 512), CUDA, (512, 2, 1)),
+        # N must fill whole steps of lanes x 16-byte vectors; CPUs and
+        # dynamic shapes keep two passes.
+        ("f32", (96, 1000), CUDA, None),
         ("f32", (8192, 4096), CPU, None),
         ("f32", (None, None), CUDA, None),
     ],
