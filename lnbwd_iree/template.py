@@ -4,7 +4,8 @@ A template is real MLIR with three kinds of holes:
 
 * ``{FIELD}`` (upper-case name): replaced by a value (``{T}``, ``{M}``, ``{N}``)
   or, when the value names a ``.mlir`` file, by that template rendered with
-  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``).
+  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``, the op bodies
+  ``{DX_BODY}`` and the row sums' that both backward designs share).
 * ``%a = widen %b`` lines: ``arith.extf`` from the storage type ``T`` to
   the arithmetic type ``A``; ``%a = narrow %b``: back from ``A`` to ``T``;
   ``%a = from_f32 %b``: from f32 (the eps argument) to ``A``.
@@ -25,7 +26,12 @@ _CONVERSION = re.compile(r"^(?P<indent>\s*)(?P<dst>%\w+) = (?P<op>widen|narrow|f
 _WIDTH = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}
 
 # Included in every template that names it.
-_DEFAULT_FIELDS = {"ROW_STATISTICS": "row_statistics.mlir"}
+_DEFAULT_FIELDS = {
+    "ROW_STATISTICS": "row_statistics.mlir",
+    "ROW_SUM_G_BODY": "row_sum_g_body.mlir",
+    "ROW_SUM_GC_XHAT_BODY": "row_sum_gc_xhat_body.mlir",
+    "DX_BODY": "dx_body.mlir",
+}
 
 
 def read_template(name: str) -> str:

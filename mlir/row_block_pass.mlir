@@ -29,12 +29,7 @@
         iterator_types = ["parallel", "parallel", "reduction"]{ROW_BLOCK_CONFIG}}
         ins(%dy_blocks, %gamma_static : tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>)
         outs(%block_row_zero : tensor<{G}x{R}x{A}>) {
-    ^bb0(%dy_s: {T}, %gamma_s: {T}, %acc: {A}):
-      %dy_w = widen %dy_s
-      %gamma_w = widen %gamma_s
-      %g = arith.mulf %gamma_w, %dy_w : {A}
-      %sum = arith.addf %acc, %g : {A}
-      linalg.yield %sum : {A}
+    {ROW_SUM_G_BODY}
     } -> tensor<{G}x{R}x{A}>
     // Per-row sum of (g - mean_j'(g)) * x_hat, as in row_then_column_passes.mlir.
     %block_sum_gc_xhat = linalg.generic {
@@ -45,18 +40,7 @@
         ins(%dy_blocks, %x_blocks, %gamma_static, %mean_blocks, %rstd_blocks, %block_sum_g
             : tensor<{G}x{R}x{N}x{T}>, tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>)
         outs(%block_row_zero : tensor<{G}x{R}x{A}>) {
-    ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %acc: {A}):
-      %dy_w = widen %dy_s
-      %x_w = widen %x_s
-      %gamma_w = widen %gamma_s
-      %centred = arith.subf %x_w, %mean_s : {A}
-      %xhat = arith.mulf %centred, %rstd_s : {A}
-      %g = arith.mulf %gamma_w, %dy_w : {A}
-      %mean_g = arith.mulf %sum_g, %inv_n : {A}
-      %g_c = arith.subf %g, %mean_g : {A}
-      %gc_xhat = arith.mulf %g_c, %xhat : {A}
-      %sum = arith.addf %acc, %gc_xhat : {A}
-      linalg.yield %sum : {A}
+    {ROW_SUM_GC_XHAT_BODY}
     } -> tensor<{G}x{R}x{A}>
     %block_dx_init = tensor.empty() : tensor<{G}x{R}x{N}x{T}>
     %block_dx = linalg.generic {
@@ -68,21 +52,7 @@
             : tensor<{G}x{R}x{N}x{T}>, tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>,
               tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>)
         outs(%block_dx_init : tensor<{G}x{R}x{N}x{T}>) {
-    ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %sum_gc_xhat: {A}, %out: {T}):
-      %dy_w = widen %dy_s
-      %x_w = widen %x_s
-      %gamma_w = widen %gamma_s
-      %centred = arith.subf %x_w, %mean_s : {A}
-      %xhat = arith.mulf %centred, %rstd_s : {A}
-      %g = arith.mulf %gamma_w, %dy_w : {A}
-      %mean_g = arith.mulf %sum_g, %inv_n : {A}
-      %mean_g_xhat = arith.mulf %sum_gc_xhat, %inv_n : {A}
-      %t0 = arith.subf %g, %mean_g : {A}
-      %t1 = arith.mulf %xhat, %mean_g_xhat : {A}
-      %t2 = arith.subf %t0, %t1 : {A}
-      %dx_w = arith.mulf %t2, %rstd_s : {A}
-      %dx_s = narrow %dx_w
-      linalg.yield %dx_s : {T}
+    {DX_BODY}
     } -> tensor<{G}x{R}x{N}x{T}>
     // Zeroed by a generic rather than linalg.fill so that it can carry
     // ROW_BLOCK_ZERO_CONFIG: without a thread layout every thread stored the

@@ -10,12 +10,7 @@
       indexing_maps = [#rows_cols, #cols, #rows],
       iterator_types = ["parallel", "reduction"]{ROW_SUM_CONFIG}}
       ins(%dy, %gamma : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?x{A}>) {
-  ^bb0(%dy_s: {T}, %gamma_s: {T}, %acc: {A}):
-    %dy_w = widen %dy_s
-    %gamma_w = widen %gamma_s
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %sum = arith.addf %acc, %g : {A}
-    linalg.yield %sum : {A}
+  {ROW_SUM_G_BODY}
   } -> tensor<?x{A}>
 
   // Per-row sum of (g - mean_j'(g)) * x_hat. Equal to sum(g * x_hat) when
@@ -28,18 +23,7 @@
       iterator_types = ["parallel", "reduction"]{ROW_ROOT_CONFIG}}
       ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>)
       outs(%row_zero : tensor<?x{A}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %acc: {A}):
-    %dy_w = widen %dy_s
-    %x_w = widen %x_s
-    %gamma_w = widen %gamma_s
-    %centred = arith.subf %x_w, %mean_s : {A}
-    %xhat = arith.mulf %centred, %rstd_s : {A}
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %mean_g = arith.mulf %sum_g, %inv_n : {A}
-    %g_c = arith.subf %g, %mean_g : {A}
-    %gc_xhat = arith.mulf %g_c, %xhat : {A}
-    %sum = arith.addf %acc, %gc_xhat : {A}
-    linalg.yield %sum : {A}
+  {ROW_SUM_GC_XHAT_BODY}
   } -> tensor<?x{A}>
 
   %dx_init = tensor.empty(%m, %n) : tensor<?x?x{T}>
@@ -49,21 +33,7 @@
       ins(%dy, %x, %gamma, %mean, %rstd, %row_sum_g, %row_sum_gc_xhat
           : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>, tensor<?x{A}>)
       outs(%dx_init : tensor<?x?x{T}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %sum_g: {A}, %sum_gc_xhat: {A}, %out: {T}):
-    %dy_w = widen %dy_s
-    %x_w = widen %x_s
-    %gamma_w = widen %gamma_s
-    %centred = arith.subf %x_w, %mean_s : {A}
-    %xhat = arith.mulf %centred, %rstd_s : {A}
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %mean_g = arith.mulf %sum_g, %inv_n : {A}
-    %mean_g_xhat = arith.mulf %sum_gc_xhat, %inv_n : {A}
-    %t0 = arith.subf %g, %mean_g : {A}
-    %t1 = arith.mulf %xhat, %mean_g_xhat : {A}
-    %t2 = arith.subf %t0, %t1 : {A}
-    %dx_w = arith.mulf %t2, %rstd_s : {A}
-    %dx_s = narrow %dx_w
-    linalg.yield %dx_s : {T}
+  {DX_BODY}
   } -> tensor<?x?x{T}>
 
   {COLUMN_SUMS}
