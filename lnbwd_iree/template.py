@@ -4,8 +4,9 @@ A template is real MLIR with three kinds of holes:
 
 * ``{FIELD}`` (upper-case name): replaced by a value (``{T}``, ``{M}``, ``{N}``)
   or, when the value names a ``.mlir`` file, by that template rendered with
-  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``, the op bodies
-  ``{DX_BODY}`` and the row sums' that both backward designs share).
+  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``; ``{ROW_SUM_G_BODY}``,
+  ``{ROW_SUM_GC_XHAT_BODY}`` and ``{DX_BODY}`` are op bodies that both
+  backward designs share).
 * ``%a = widen %b`` lines: ``arith.extf`` from the storage type ``T`` to
   the arithmetic type ``A``; ``%a = narrow %b``: back from ``A`` to ``T``;
   ``%a = from_f32 %b``: from f32 (the eps argument) to ``A``.
