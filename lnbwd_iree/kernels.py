@@ -136,12 +136,13 @@ class Specialization:
         )
 
     @staticmethod
-    def _compilation_info(tiles: str, threads: int, subgroup: int) -> str:
-        """A TileAndFuse compilation_info attribute entry for a linalg op."""
+    def _compilation_info(tiles: str, threads: int, subgroup: int, pipeline: str = "TileAndFuse") -> str:
+        """A compilation_info attribute entry for a linalg op: lowering config
+        ``tiles`` run by ``pipeline`` with ``threads`` per workgroup."""
         return (
             ", compilation_info = #iree_codegen.compilation_info<"
             f"lowering_config = #iree_gpu.lowering_config<{{{tiles}}}>, "
-            "translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<TileAndFuse> "
+            f"translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<{pipeline}> "
             f"workgroup_size = [{threads}, 1, 1] subgroup_size = {subgroup}>>"
         )
 
@@ -170,18 +171,11 @@ class Specialization:
         step = lanes * subgroups * vector
         basis = f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[1, {subgroups}], [0, 1]], thread = [0, {vector}]"
         reduction = f"#iree_gpu.lowering_config<{{{basis}, partial_reduction = [0, {step}]}}>"
-        root = f"#iree_gpu.lowering_config<{{{basis}, partial_reduction = [0, {step}], workgroup = [1, 0]}}>"
+        root = f"{basis}, partial_reduction = [0, {step}], workgroup = [1, 0]"
         elementwise = f"#iree_gpu.lowering_config<{{{basis}, serial = [0, {step}]}}>"
-        translation = (
-            "#iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<VectorDistribute> "
-            f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}>"
-        )
         return {
             "ROW_SUM_CONFIG": f", lowering_config = {reduction}",
-            "ROW_ROOT_CONFIG": (
-                f", compilation_info = #iree_codegen.compilation_info<lowering_config = {root}, "
-                f"translation_info = {translation}>"
-            ),
+            "ROW_ROOT_CONFIG": self._compilation_info(root, lanes * subgroups, lanes, "VectorDistribute"),
             "ROW_DX_CONFIG": f", lowering_config = {elementwise}",
         }
 
@@ -237,10 +231,6 @@ class Specialization:
 
             return f"lane_basis = {counts(lanes)}, subgroup_basis = {counts(subgroups)}, thread = {thread}"
 
-        translation = (
-            "#iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<VectorDistribute> "
-            f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}>"
-        )
         partial = f"{basis([0, 2, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
         return {
             "G": str(blocks),
@@ -248,10 +238,7 @@ class Specialization:
             "TWO_N": str(2 * self.n),
             "ROW_BLOCK_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
             "ROW_BLOCK_ZERO_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
-            "ROW_BLOCK_PARTIAL_CONFIG": (
-                ", compilation_info = #iree_codegen.compilation_info<lowering_config = "
-                f"#iree_gpu.lowering_config<{{{partial}}}>, translation_info = {translation}>"
-            ),
+            "ROW_BLOCK_PARTIAL_CONFIG": self._compilation_info(partial, lanes * subgroups, lanes, "VectorDistribute"),
             "PARTIAL_SUM_CONFIG": self._partial_sum_config(lanes, blocks),
         }
 
@@ -264,13 +251,11 @@ class Specialization:
         subgroups = next((s for s in (8, 4, 2, 1) if blocks % (lanes * s) == 0), None)
         if subgroups is None:
             return ""
-        return (
-            ", compilation_info = #iree_codegen.compilation_info<lowering_config = #iree_gpu.lowering_config<{"
+        tiles = (
             f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[1, {subgroups}], [0, 1]], thread = [{vector}, 1], "
-            f"partial_reduction = [0, {lanes * subgroups}], workgroup = [{vector}, 0]}}>, "
-            "translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<VectorDistribute> "
-            f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}>>"
+            f"partial_reduction = [0, {lanes * subgroups}], workgroup = [{vector}, 0]"
         )
+        return self._compilation_info(tiles, lanes * subgroups, lanes, "VectorDistribute")
 
     def stats_barrier(self, needed: bool) -> str:
         """Defines %mean, %rstd from %mean_fused, %rstd_fused in the recompute
