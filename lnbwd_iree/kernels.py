@@ -235,7 +235,6 @@ class Specialization:
         return {
             "G": str(blocks),
             "R": str(rows),
-            "TWO_N": str(2 * self.n),
             "ROW_BLOCK_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
             "ROW_BLOCK_ZERO_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
             "ROW_BLOCK_PARTIAL_CONFIG": self._compilation_info(partial, lanes * subgroups, lanes, "VectorDistribute"),
@@ -243,7 +242,7 @@ class Specialization:
         }
 
     def _partial_sum_config(self, lanes: int, blocks: int) -> str:
-        """Schedule for row_block_pass.mlir's sum of the [G, 2N] partials,
+        """Schedule for row_block_pass.mlir's two sums of [G, N] partials,
         iterated (c, g): up to 8 subgroups split the G rows, each thread
         reading one 16-byte vector of columns per row; "" (IREE's choice)
         when G does not split evenly."""

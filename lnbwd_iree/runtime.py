@@ -150,6 +150,37 @@ class _Entry:
     transients: dict  # (M, N) -> HalBuffer
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a validated call signature resolves to, so that repeated calls with
+    the same shapes and dtypes skip validation and artifact lookup."""
+
+    entry: _Entry
+    transients: ireert.HalBuffer
+    # Per tensor input: the shape the kernel takes it in, or None where the
+    # caller's device array already has that shape.
+    input_views: tuple
+    # Per output: (shape, dtype) the caller sees (allocated when not given),
+    # and the kernel's shape or None.
+    outputs: tuple
+
+
+def _signature(name: str, arrays) -> tuple | None:
+    """The key under which a call's plan is cached: the entry point and each
+    array's element type and shape (None entries: inputs or outputs left out).
+    None when an array is not a DeviceArray (host arrays are uploaded per call)."""
+    key = [name]
+    for array in arrays:
+        if array is None:
+            key.append(None)
+        elif type(array) is ireert.DeviceArray:
+            view = array._buffer_view
+            key.append((view.element_type, *view.shape))
+        else:
+            return None
+    return tuple(key)
+
+
 class LayerNormKernels:
     """The LayerNorm kernels bound to one device.
 
@@ -190,6 +221,7 @@ class LayerNormKernels:
         self._hal_module = ireert.create_hal_module(self._instance, self.device)
         self._entries: dict[tuple[Specialization, str], _Entry] = {}
         self._specs: dict[tuple[str, str, tuple[int, int]], Specialization] = {}
+        self._plans: dict[tuple, _Plan] = {}
         self._timeline = self.device.create_semaphore(0)
         self._last_signal = 0
 
@@ -255,20 +287,43 @@ class LayerNormKernels:
         arg_list.push_ref(signal_fence.ref)
         return arg_list
 
-    def call(self, kernel: Kernel, problem: "Problem", name: str, args: list, outputs: list, *, wait: bool = True):
-        """Queues one call after the previous one (coarse-fences ABI) writing into
-        ``outputs``; waits for it when ``wait``. Returns ``outputs``."""
-        entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
-        args = [*args, *outputs]
-        transients = self._transients(entry, (problem.m, problem.n), args)
+    def _submit(self, plan: _Plan, args: list, wait: bool) -> None:
+        """Queues one call after the previous one (coarse-fences ABI); waits for it when ``wait``."""
         wait_fence = ireert.HalFence.create_at(self._timeline, self._last_signal)
         self._last_signal += 1
         signal = ireert.HalFence.create_at(self._timeline, self._last_signal)
-        entry.context.invoke(
-            entry.function, self._arg_list(args, transients, wait_fence, signal), ireert.VmVariantList(len(outputs))
-        )
+        arg_list = self._arg_list(args, plan.transients, wait_fence, signal)
+        plan.entry.context.invoke(plan.entry.function, arg_list, ireert.VmVariantList(len(plan.outputs)))
         if wait:
             signal.wait()
+
+    def _plan(self, kernel: Kernel, problem: Problem, name: str, inputs, scalars, outputs) -> _Plan:
+        """The plan for a validated call. ``inputs``: (array, kernel shape) per
+        tensor input; ``outputs``: (array, dtype, kernel shape) per output."""
+        entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
+        args = [self._as_matrix(a, s) for a, s in inputs] + list(scalars)
+        args += [self._as_matrix(a, s) for a, _, s in outputs]
+        transients = self._transients(entry, (problem.m, problem.n), args)
+        input_views = tuple(
+            None if isinstance(a, ireert.DeviceArray) and shape_and_dtype(a)[0] == s else s for a, s in inputs
+        )
+        output_views = []
+        for array, dtype, kernel_shape in outputs:
+            shape = shape_and_dtype(array)[0]
+            output_views.append((shape, dtype, None if shape == kernel_shape else kernel_shape))
+        return _Plan(entry, transients, input_views, tuple(output_views))
+
+    def _launch(self, plan: _Plan, inputs, scalars, given, wait: bool) -> tuple:
+        """Runs ``plan`` on ``inputs`` (then ``scalars``) into the ``given``
+        outputs, allocating those that are None; returns the caller-shaped outputs."""
+        outputs = tuple(
+            array if array is not None else self.allocate(shape, dtype)
+            for array, (shape, dtype, _) in zip(given, plan.outputs)
+        )
+        args = [a if view is None else self._as_matrix(a, view) for a, view in zip(inputs, plan.input_views)]
+        args += scalars
+        args += [a if view is None else self._as_matrix(a, view) for a, (_, _, view) in zip(outputs, plan.outputs)]
+        self._submit(plan, args, wait)
         return outputs
 
     def synchronize(self) -> None:
@@ -305,27 +360,31 @@ class LayerNormKernels:
             self.device, ireert.HalBufferView(buffer, list(shape), element_type), implicit_host_transfer=True
         )
 
-    def _outputs(self, out, specs: list[tuple[str, tuple[int, ...], np.dtype]]) -> list:
-        """``out`` checked against ``specs`` [(name, shape, dtype)], with new
-        arrays where it gives none. ``out``: None, the first output alone, or
-        a tuple of all of them (None entries allowed)."""
-        given = list(out) if isinstance(out, (tuple, list)) else [out]
-        if len(given) > len(specs):
-            raise ValueError(f"out has {len(given)} arrays; this call has {len(specs)} outputs")
-        given += [None] * (len(specs) - len(given))
-        arrays = []
+    @staticmethod
+    def _given(out, count: int) -> tuple:
+        """``out`` as ``count`` entries (None: allocate): None, the first output
+        alone, or a tuple of them."""
+        given = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        if len(given) > count:
+            raise ValueError(f"out has {len(given)} arrays; this call has {count} outputs")
+        return given + (None,) * (count - len(given))
+
+    def _allocate_missing(self, given, specs) -> tuple:
+        return tuple(a if a is not None else self.allocate(shape, dtype) for a, (_, shape, dtype) in zip(given, specs))
+
+    @staticmethod
+    def _check_outputs(given, specs: list[tuple[str, tuple[int, ...], np.dtype]]) -> None:
+        """The ``given`` outputs checked against ``specs`` [(name, shape, dtype)]."""
         for array, (name, shape, dtype) in zip(given, specs):
             if array is None:
-                array = self.allocate(shape, dtype)
-            elif not isinstance(array, ireert.DeviceArray):
+                continue
+            if not isinstance(array, ireert.DeviceArray):
                 raise TypeError(
                     f"out {name} must be a device array of this device (LayerNormKernels.allocate), got {type(array).__name__}"
                 )
-            elif shape_and_dtype(array) != (shape, dtype):
+            if shape_and_dtype(array) != (shape, dtype):
                 got_shape, got_dtype = shape_and_dtype(array)
                 raise ValueError(f"out {name} must have shape {shape} and dtype {dtype}, got {got_shape} {got_dtype}")
-            arrays.append(array)
-        return arrays
 
     def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
         """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
@@ -346,47 +405,71 @@ class LayerNormKernels:
         f32 statistics; when both are None they are recomputed from X with ``eps``.
         ``out``: device arrays that receive the results: dX alone or (dX,
         dgamma, dbeta); the rest are allocated. ``wait=False`` returns once the
-        call is queued: read results only after ``synchronize()``."""
+        call is queued: read results only after ``synchronize()``.
+
+        The first call with a given set of shapes and dtypes validates them and
+        finds the artifact; later calls with device arrays of the same
+        signature go straight to the device queue."""
         if (mean is None) != (rstd is None):
             raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
-        stats = {} if mean is None else {"mean": mean, "rstd": rstd}
-        problem = check_problem({"dy": dy, "x": x}, {"gamma": gamma}, stats)
-        self.target.check_dtype(problem.dtype)
-        eps = check_eps(eps)
-        storage = STORAGE_DTYPES[problem.dtype]
-        if problem.m == 0:
-            # torch's convention for an empty batch: empty dX, zero parameter grads.
-            zeros = np.zeros(problem.n, storage)
-            return self.empty(problem.shape, storage), self.to_device(zeros), self.to_device(zeros)
-        dx, dgamma, dbeta = self._outputs(
-            out, [("dx", problem.shape, storage), ("dgamma", (problem.n,), storage), ("dbeta", (problem.n,), storage)]
-        )
-        mn = (problem.m, problem.n)
-        args = [self._as_matrix(dy, mn), self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,))]
-        if mean is None:
-            name, args = "layernorm_backward_recompute", [*args, eps]
-        else:
-            name = "layernorm_backward"
-            args += [self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
-        self.call(LAYERNORM_BACKWARD, problem, name, args, [self._as_matrix(dx, mn), dgamma, dbeta], wait=wait)
-        return dx, dgamma, dbeta
+        inputs = (dy, x, gamma) if mean is None else (dy, x, gamma, mean, rstd)
+        given = self._given(out, 3)
+        name = "layernorm_backward_recompute" if mean is None else "layernorm_backward"
+        key = _signature(name, inputs + given)
+        plan = self._plans.get(key)
+        if plan is None:
+            stats = {} if mean is None else {"mean": mean, "rstd": rstd}
+            problem = check_problem({"dy": dy, "x": x}, {"gamma": gamma}, stats)
+            self.target.check_dtype(problem.dtype)
+            storage = STORAGE_DTYPES[problem.dtype]
+            specs = [("dx", problem.shape, storage), ("dgamma", (problem.n,), storage), ("dbeta", (problem.n,), storage)]
+            self._check_outputs(given, specs)
+            if problem.m == 0:
+                check_eps(eps)
+                # torch's convention for an empty batch: empty dX, zero parameter grads.
+                zeros = np.zeros(problem.n, storage)
+                return self.empty(problem.shape, storage), self.to_device(zeros), self.to_device(zeros)
+            given = self._allocate_missing(given, specs)
+            inputs = tuple(self.to_device(a) for a in inputs)
+            mn, n = (problem.m, problem.n), (problem.n,)
+            plan = self._plan(
+                LAYERNORM_BACKWARD, problem, name,
+                list(zip(inputs, [mn, mn, n, (problem.m,), (problem.m,)])),
+                (check_eps(eps),) if mean is None else (),
+                [(a, dtype, s) for a, (_, _, dtype), s in zip(given, specs, [mn, n, n])],
+            )
+            if key is not None:
+                self._plans[key] = plan
+        scalars = (check_eps(eps),) if mean is None else ()
+        return self._launch(plan, inputs, scalars, given, wait)
 
     def forward(self, x, gamma, beta, *, eps: float = 1e-5, out=None, wait: bool = True):
         """y, mean, rstd as device arrays; mean and rstd (f32, f64 for f64 data) have X's leading
         dims. ``out`` (y alone or (y, mean, rstd)) and ``wait`` as for ``backward``."""
-        problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
-        self.target.check_dtype(problem.dtype)
-        eps = check_eps(eps)
-        storage = STORAGE_DTYPES[problem.dtype]
-        stats = STATS_DTYPES[problem.dtype]
-        if problem.m == 0:
-            empty_stats = self.empty(problem.batch_shape, stats)
-            return self.empty(problem.shape, storage), empty_stats, empty_stats
-        y, mean, rstd = self._outputs(
-            out, [("y", problem.shape, storage), ("mean", problem.batch_shape, stats), ("rstd", problem.batch_shape, stats)]
-        )
-        mn = (problem.m, problem.n)
-        args = [self._as_matrix(x, mn), self._as_matrix(gamma, (problem.n,)), self._as_matrix(beta, (problem.n,)), eps]
-        outputs = [self._as_matrix(y, mn), self._as_matrix(mean, (problem.m,)), self._as_matrix(rstd, (problem.m,))]
-        self.call(LAYERNORM_FORWARD, problem, "layernorm_forward", args, outputs, wait=wait)
-        return y, mean, rstd
+        inputs = (x, gamma, beta)
+        given = self._given(out, 3)
+        key = _signature("layernorm_forward", inputs + given)
+        plan = self._plans.get(key)
+        if plan is None:
+            problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
+            self.target.check_dtype(problem.dtype)
+            storage = STORAGE_DTYPES[problem.dtype]
+            stats = STATS_DTYPES[problem.dtype]
+            specs = [("y", problem.shape, storage), ("mean", problem.batch_shape, stats), ("rstd", problem.batch_shape, stats)]
+            self._check_outputs(given, specs)
+            if problem.m == 0:
+                check_eps(eps)
+                empty_stats = self.empty(problem.batch_shape, stats)
+                return self.empty(problem.shape, storage), empty_stats, empty_stats
+            given = self._allocate_missing(given, specs)
+            inputs = tuple(self.to_device(a) for a in inputs)
+            mn, n, m = (problem.m, problem.n), (problem.n,), (problem.m,)
+            plan = self._plan(
+                LAYERNORM_FORWARD, problem, "layernorm_forward",
+                list(zip(inputs, [mn, n, n])),
+                (check_eps(eps),),
+                [(a, dtype, s) for a, (_, _, dtype), s in zip(given, specs, [mn, m, m])],
+            )
+            if key is not None:
+                self._plans[key] = plan
+        return self._launch(plan, inputs, (check_eps(eps),), given, wait)
