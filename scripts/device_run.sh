@@ -42,7 +42,7 @@ for step in "$@"; do
     overhead)
       python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
     profile)
-      ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/profile_dispatches.py" "${PROFILE_SHAPE:-8192x4096}" f32 2>&1 \
-        | grep -E "layernorm|gpu__time_duration" | tee "$OUT/ncu_8192x4096_f32.log" | tail -20 ;;
+      ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/profile_dispatches.py" "${PROFILE_SHAPE:-8192x4096}" "${PROFILE_DTYPE:-f32}" 2>&1 \
+        | grep -E "layernorm|gpu__time_duration" | tee "$OUT/ncu_${PROFILE_SHAPE:-8192x4096}_${PROFILE_DTYPE:-f32}.log" | tail -20 ;;
   esac
 done

@@ -195,3 +195,19 @@ def test_repeated_calls_on_device_arrays(kernels, rng):
         _, mean, rstd = forward_reference(x, gamma, beta, eps=eps)
         for name, g, w in zip(("dx", "dgamma", "dbeta"), got, backward_reference(dy, x, gamma, mean, rstd)):
             assert_close(name, g, w, TOLERANCE["f32"])
+
+
+def test_checks_hold_after_a_signature_is_cached(kernels):
+    """A validated signature is remembered; a call that differs from it in any
+    array's shape or dtype is validated again, and a bad eps is caught on every call."""
+    rng = np.random.default_rng(1)
+    dy, x = (kernels.to_device(rng.standard_normal((4, 8)).astype(np.float32)) for _ in range(2))
+    gamma = kernels.to_device(np.ones(8, np.float32))
+    out = tuple(kernels.allocate(s, np.float32) for s in ((4, 8), (8,), (8,)))
+    kernels.backward(dy, x, gamma, out=out)
+    with pytest.raises(ValueError, match=r"out dgamma must have shape \(8,\) and dtype float32"):
+        kernels.backward(dy, x, gamma, out=(out[0], kernels.allocate((8,), np.float16), out[2]))
+    with pytest.raises(ValueError, match=r"x has shape \(4, 9\) but dy has \(4, 8\)"):
+        kernels.backward(dy, kernels.to_device(np.zeros((4, 9), np.float32)), gamma, out=out)
+    with pytest.raises(ValueError, match="eps must be"):
+        kernels.backward(dy, x, gamma, out=out, eps=-1.0)
