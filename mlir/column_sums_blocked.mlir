@@ -45,16 +45,5 @@
     %sum = arith.addf %acc, %term : {A}
     linalg.yield %sum : {A}
   } -> tensor<{PARTIALS}>
-  // Sum the {G} partials of both kinds in one more op (one dispatch).
-  %col_init = tensor.empty(%n) : tensor<2x?x{A}>
-  %col_zero = linalg.fill ins(%zero : {A}) outs(%col_init : tensor<2x?x{A}>) -> tensor<2x?x{A}>
-  %col_sums = linalg.generic {
-      indexing_maps = [affine_map<(k, j, g) -> {PARTIAL_INDEX}>, affine_map<(k, j, g) -> (k, j)>],
-      iterator_types = ["parallel", "parallel", "reduction"]}
-      ins(%partials : tensor<{PARTIALS}>) outs(%col_zero : tensor<2x?x{A}>) {
-  ^bb0(%part: {A}, %acc: {A}):
-    %sum = arith.addf %acc, %part : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<2x?x{A}>
-  %dbeta_acc = tensor.extract_slice %col_sums[0, 0] [1, %n] [1, 1] : tensor<2x?x{A}> to tensor<?x{A}>
-  %dgamma_acc = tensor.extract_slice %col_sums[1, 0] [1, %n] [1, 1] : tensor<2x?x{A}> to tensor<?x{A}>
+  // The sum of the {G} partials: column_sums_per_result.mlir or column_sums_joint.mlir.
+  {FINAL_SUMS}

@@ -101,28 +101,5 @@
   }
   %dx_static = tensor.collapse_shape %dx_blocks [[0, 1], [2]] : tensor<{G}x{R}x{N}x{T}> into tensor<{M}x{N}x{T}>
   %dx = tensor.cast %dx_static : tensor<{M}x{N}x{T}> to tensor<?x?x{T}>
-  // Sum the {G} partials per column, one op per result so that each writes
-  // its caller's buffer directly (one [2N] result would be copied out in two
-  // halves). PARTIAL_SUM_CONFIG: threads split the G rows.
-  %col_init = tensor.empty() : tensor<{N}x{A}>
-  %col_zero = linalg.fill ins(%zero : {A}) outs(%col_init : tensor<{N}x{A}>) -> tensor<{N}x{A}>
-  %dbeta_parts = tensor.extract_slice %partials_static[0, 0, 0] [{G}, 1, {N}] [1, 1, 1] : tensor<{G}x2x{N}x{A}> to tensor<{G}x{N}x{A}>
-  %dgamma_parts = tensor.extract_slice %partials_static[0, 1, 0] [{G}, 1, {N}] [1, 1, 1] : tensor<{G}x2x{N}x{A}> to tensor<{G}x{N}x{A}>
-  %dbeta_static = linalg.generic {
-      indexing_maps = [affine_map<(c, g) -> (g, c)>, affine_map<(c, g) -> (c)>],
-      iterator_types = ["parallel", "reduction"]{PARTIAL_SUM_CONFIG}}
-      ins(%dbeta_parts : tensor<{G}x{N}x{A}>) outs(%col_zero : tensor<{N}x{A}>) {
-  ^bb0(%part: {A}, %acc: {A}):
-    %sum = arith.addf %acc, %part : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<{N}x{A}>
-  %dgamma_static = linalg.generic {
-      indexing_maps = [affine_map<(c, g) -> (g, c)>, affine_map<(c, g) -> (c)>],
-      iterator_types = ["parallel", "reduction"]{PARTIAL_SUM_CONFIG}}
-      ins(%dgamma_parts : tensor<{G}x{N}x{A}>) outs(%col_zero : tensor<{N}x{A}>) {
-  ^bb0(%part: {A}, %acc: {A}):
-    %sum = arith.addf %acc, %part : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<{N}x{A}>
-  %dbeta_acc = tensor.cast %dbeta_static : tensor<{N}x{A}> to tensor<?x{A}>
-  %dgamma_acc = tensor.cast %dgamma_static : tensor<{N}x{A}> to tensor<?x{A}>
+  %partials = tensor.cast %partials_static : tensor<{G}x2x{N}x{A}> to tensor<{PARTIALS}>
+  {FINAL_SUMS}

@@ -53,3 +53,23 @@ def test_partial_sum_schedule_needs_blocks_that_split_evenly():
     assert "subgroup_basis = [[1, 8], [0, 1]]" in spec._partial_sum_config(32, 256)
     assert "subgroup_basis = [[1, 2], [0, 1]]" in spec._partial_sum_config(32, 64)
     assert spec._partial_sum_config(32, 48) == ""
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target, per_result",
+    [
+        # One pass, and two passes with [G, 2, N] partials on GPUs: one scheduled op per result.
+        ("f32", (8192, 4096), CUDA, True),
+        ("bf16", (8192, 4096), CUDA, True),
+        ("f32", (16384, 8192), GFX942, True),
+        # [2, N, G] partials (small shapes, or G >= 512), CPUs and dynamic N: one op for both.
+        ("f32", (96, 1000), CUDA, False),
+        ("f32", (8192, 4096), CPU, False),
+        ("f32", (8192, None), CUDA, False),
+    ],
+    ids=str,
+)
+def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, per_result):
+    source = Specialization(LAYERNORM_BACKWARD, dtype, *shape).source(target)
+    assert ("%dgamma_parts = tensor.extract_slice %partials" in source) == per_result
+    assert ("%col_sums = linalg.generic" in source) == (not per_result)
