@@ -186,7 +186,7 @@ class Specialization:
 
         Chosen from H100 measurements against the two passes
         (docs/performance.md). For large shapes it wins with rows of up to
-        16 KiB in f32 (8192x4096: 253 -> 202 us) and 2 KiB in 16-bit types:
+        32 KiB in f32 (8192x4096: 253 -> 202 us) and 2 KiB in 16-bit types:
         each row step reads and writes its block's fp32 partial sums (2N
         values, in L2), which costs more than the saved second pass once a
         row holds fewer bytes of data than of partials. Small shapes too: f32
@@ -195,19 +195,29 @@ class Specialization:
         if not target.is_gpu or self.m is None or self.n is None:
             return None
         row_bytes = self.n * ITEMSIZE[self.dtype]
-        if row_bytes > (16384 if self.dtype == "f32" else 2048):
+        if row_bytes > (32768 if self.dtype == "f32" else 2048):
             return None
         lanes = subgroup_size(target)
-        # About 2 KiB of a row per subgroup: the best of 1-32 subgroups
-        # measured for rows of 768-16384 elements, or within 10% of it.
-        wanted = max(1, row_bytes // 2048)
-        subgroups = next((s for s in range(wanted, 0, -1) if self.n % (lanes * s * self.vector) == 0), None)
-        if subgroups is None:
-            return None
-        # 64-row blocks for rows under 4 KiB, else 32 (within a few percent of
-        # the best of 8-128 on each measured shape), halved while fewer than
-        # 2^15 threads would run: a block walks its rows one at a time.
-        rows = 64 if row_bytes < 4096 else 32
+        if row_bytes > 16384:
+            # f32 rows of 16-32 KiB: workgroups of 1024 threads, 64-row
+            # blocks, or two passes where such a workgroup does not divide N
+            # (16384x8192: 903 -> 797 us; 16 subgroups 956 us, 32-row blocks
+            # 802 us; 4096x16384, 64 KiB rows, no configuration beat two passes).
+            subgroups, rows = 1024 // lanes, 64
+            if self.n % (lanes * subgroups * self.vector):
+                return None
+        else:
+            # About 2 KiB of a row per subgroup: the best of 1-32 subgroups
+            # measured for rows of 768-16384 elements, or within 10% of it.
+            wanted = max(1, row_bytes // 2048)
+            subgroups = next((s for s in range(wanted, 0, -1) if self.n % (lanes * s * self.vector) == 0), None)
+            if subgroups is None:
+                return None
+            # 64-row blocks for rows under 4 KiB, else 32 (within a few
+            # percent of the best of 8-128 on each measured shape).
+            rows = 64 if row_bytes < 4096 else 32
+        # Halved while fewer than 2^15 threads would run: a block walks its
+        # rows one at a time.
         while rows > 2 and (self.m % rows or self.m // rows * lanes * subgroups < 2**15):
             rows //= 2
         if self.m % rows:

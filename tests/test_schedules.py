@@ -21,8 +21,12 @@ CPU = target_for("local-task")
         # wave64: a step covers 64 lanes x 8 bf16 = 512 columns, which divides 1024, not 768.
         ("bf16", (32768, 1024), GFX942, (512, 64, 1)),
         ("bf16", (65536, 768), GFX942, None),
-        # Rows beyond 16 KiB (f32) or 2 KiB (16-bit) keep two passes.
+        # f32 rows of 32 KiB: 1024-thread workgroups (32 or 16 subgroups) and 64-row blocks.
+        ("f32", (16384, 8192), CUDA, (256, 64, 32)),
+        ("f32", (16384, 8192), GFX942, (256, 64, 16)),
+        # Rows beyond 32 KiB (f32) or 2 KiB (16-bit) keep two passes.
         ("f32", (4096, 16384), CUDA, None),
+        ("bf16", (16384, 8192), CUDA, None),
         ("bf16", (8192, 4096), CUDA, None),
         # Small shapes: fewer rows per block, so that 2^15 threads still run.
         ("f32", (4096, 1024), CUDA, (512, 8, 2)),
@@ -61,7 +65,7 @@ def test_partial_sum_schedule_needs_blocks_that_split_evenly():
         # One pass, and two passes with [G, 2, N] partials on GPUs: one scheduled op per result.
         ("f32", (8192, 4096), CUDA, True),
         ("bf16", (8192, 4096), CUDA, True),
-        ("f32", (16384, 8192), GFX942, True),
+        ("f32", (4096, 16384), GFX942, True),
         # [2, N, G] partials (small shapes, or G >= 512), CPUs and dynamic N: one op for both.
         ("f32", (96, 1000), CUDA, False),
         ("f32", (8192, 4096), CPU, False),
