@@ -186,7 +186,8 @@ class Specialization:
 
         Chosen from H100 measurements against the two passes
         (docs/performance.md). For large shapes it wins with rows of up to
-        32 KiB in f32 (8192x4096: 253 -> 202 us) and 2 KiB in 16-bit types:
+        32 KiB in f32 (8192x4096: 253 -> 202 us; 16384x8192: 903 -> 797 us)
+        and 2 KiB in 16-bit types:
         each row step reads and writes its block's fp32 partial sums (2N
         values, in L2), which costs more than the saved second pass once a
         row holds fewer bytes of data than of partials. Small shapes too: f32

@@ -4,7 +4,7 @@ A template is real MLIR with three kinds of holes:
 
 * ``{FIELD}`` (upper-case name): replaced by a value (``{T}``, ``{M}``, ``{N}``)
   or, when the value names a ``.mlir`` file, by that template rendered with
-  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``; ``{ROW_SUM_G_BODY}``,
+  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``, ``{FINAL_SUMS}``; ``{ROW_SUM_G_BODY}``,
   ``{ROW_SUM_GC_XHAT_BODY}`` and ``{DX_BODY}`` are op bodies that both
   backward designs share).
 * ``%a = widen %b`` lines: ``arith.extf`` from the storage type ``T`` to
