@@ -298,15 +298,14 @@ class LayerNormKernels:
             signal.wait()
 
     def _plan(self, kernel: Kernel, problem: Problem, name: str, inputs, scalars, outputs) -> _Plan:
-        """The plan for a validated call. ``inputs``: (array, kernel shape) per
-        tensor input; ``outputs``: (array, dtype, kernel shape) per output."""
+        """The plan for a validated call. ``inputs``: (device array, kernel
+        shape) per tensor input; ``outputs``: (device array, dtype, kernel
+        shape) per output."""
         entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
         args = [self._as_matrix(a, s) for a, s in inputs] + list(scalars)
         args += [self._as_matrix(a, s) for a, _, s in outputs]
         transients = self._transients(entry, (problem.m, problem.n), args)
-        input_views = tuple(
-            None if isinstance(a, ireert.DeviceArray) and shape_and_dtype(a)[0] == s else s for a, s in inputs
-        )
+        input_views = tuple(None if shape_and_dtype(a)[0] == s else s for a, s in inputs)
         output_views = []
         for array, dtype, kernel_shape in outputs:
             shape = shape_and_dtype(array)[0]
