@@ -151,7 +151,9 @@ def cmd_info(args) -> int:
     print(f"lnbwd-iree {metadata.version('lnbwd-iree')}")
     print(f"iree-base-runtime {metadata.version('iree-base-runtime')}")
     print(f"iree-base-compiler {compiler.compiler_version() or 'not installed (runtime-only: prebuilt artifacts only)'}")
-    print(f"cache folder {cache.default_cache_dir()} (override with {cache.CACHE_ENV}; see `lnbwd-iree cache list`)")
+    stored = cache.stored_artifacts(cache.default_cache_dir())
+    print(f"cache folder {cache.default_cache_dir()}: {len(stored)} artifacts, {human_bytes(sum(a.size for a in stored))}"
+          f" (override with {cache.CACHE_ENV}; see `lnbwd-iree cache list`)")
     for driver in ireert.query_available_drivers():
         try:
             devices = ireert.get_driver(driver).query_available_devices()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,7 @@ def test_info_lists_versions_and_drivers(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "iree-base-runtime 3.13.0" in out and "driver local-task" in out
+    assert re.search(r"cache folder .*: \d+ artifacts, ", out)
 
 
 def test_driver_errors_are_shown_whole_without_source_location():
