@@ -195,7 +195,7 @@ class ArtifactStore:
                 f"build it. Searched:\n{searched}\nBuild it where the compiler is installed with "
                 f"`lnbwd-iree compile --out DIR --target {target.name} --dtype {spec.dtype}"
                 + (f" --shape {spec.m}x{spec.n}" if spec.m is not None else "")
-                + f"` (on this machine's CPU model for llvm-cpu), then pass artifact_dir=DIR or set {ARTIFACTS_ENV}; "
+                + f"` (for llvm-cpu, on a machine with this CPU model), then pass artifact_dir=DIR or set {ARTIFACTS_ENV}; "
                 "or pip install 'lnbwd-iree[compile]'"
             )
         stale = [f"{directory}: {reason}" for directory, reason in rejected if not reason.startswith("absent")]
