@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import atexit
 import functools
-import weakref
 
 import numpy as np
 
 from .runtime import LayerNormKernels
 
 
-# Every LayerNormKernels kernels_for made, for _release_devices (weak: cache_clear drops them).
-_opened: weakref.WeakSet = weakref.WeakSet()
-
-
 @functools.lru_cache(maxsize=None)
 def kernels_for(device: str = "local-task") -> LayerNormKernels:
     """The process-wide ``LayerNormKernels`` of ``device`` (opened and loaded once)."""
-    kernels = LayerNormKernels(device)
-    _opened.add(kernels)
-    return kernels
+    return LayerNormKernels(device)
 
 
-@atexit.register
-def _release_devices() -> None:
-    """Releases devices and modules before interpreter teardown, not during it:
-    a traceback or a caller may still hold a ``LayerNormKernels``, whose IREE
-    objects nanobind would otherwise report as leaked at exit."""
-    for kernels in list(_opened):
-        kernels.close()
-    kernels_for.cache_clear()
+# Release devices and modules before interpreter teardown, not during it.
+atexit.register(kernels_for.cache_clear)
 
 
 def as_array(name: str, value) -> np.ndarray:

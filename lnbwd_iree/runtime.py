@@ -7,8 +7,10 @@ trip. NumPy inputs are uploaded; call ``.to_host()`` on results to read them."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import weakref
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -181,6 +183,20 @@ def _signature(name: str, arrays) -> tuple | None:
     return tuple(key)
 
 
+# Every LayerNormKernels not yet garbage-collected.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def close_all() -> None:
+    """Closes every LayerNormKernels, so that their devices and modules are
+    released in order before interpreter teardown. Objects still referenced
+    then (by a traceback, a global, an exception kept by torch) would
+    otherwise be reported by nanobind as leaked at exit."""
+    for kernels in list(_LIVE):
+        kernels.close()
+
+
 class LayerNormKernels:
     """The LayerNorm kernels bound to one device.
 
@@ -225,11 +241,16 @@ class LayerNormKernels:
         self._timeline = self.device.create_semaphore(0)
         self._last_signal = 0
 
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        _LIVE.add(self)  # for close_all at exit
+        return self
+
     def close(self) -> None:
         """Waits for queued calls, then releases this object's IREE objects,
         modules before the device. Later calls raise RuntimeError. Arrays the
         caller holds keep their own buffers."""
-        if self._instance is None:
+        if getattr(self, "_instance", None) is None:  # closed, or __init__ failed before opening
             return
         self.synchronize()
         self._plans.clear()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lnbwd_iree import api, layernorm_backward, layernorm_forward
+from lnbwd_iree import api, layernorm_backward, layernorm_forward, runtime
 from lnbwd_iree.reference import backward_reference, forward_reference, relative_error
 from lnbwd_iree.runtime import LayerNormKernels
 from lnbwd_iree.targets import target_for
@@ -67,9 +67,10 @@ def test_close_releases_iree_objects_and_refuses_later_calls(cache_dir, rng):
         kernels.forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
 
 
-def test_exit_handler_closes_what_kernels_for_opened(monkeypatch, cache_dir):
-    kernels = LayerNormKernels("local-task", backend="vmvx", cache_dir=cache_dir)
-    opened = api.weakref.WeakSet([kernels])
-    monkeypatch.setattr(api, "_opened", opened)
-    api._release_devices()
-    assert kernels.device is None
+def test_exit_handler_closes_every_live_kernels_object(cache_dir, monkeypatch):
+    # Only this test's objects: the session's shared ones stay open for later tests.
+    monkeypatch.setattr(runtime, "_LIVE", runtime.weakref.WeakSet())
+    made = [LayerNormKernels("local-task", backend=b, cache_dir=cache_dir) for b in ("vmvx", "llvm-cpu")]
+    assert set(runtime._LIVE) == set(made)
+    runtime.close_all()
+    assert all(kernels.device is None for kernels in made)
