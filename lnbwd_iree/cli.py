@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import re
 import statistics
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
