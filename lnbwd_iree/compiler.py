@@ -55,24 +55,17 @@ def report_diagnostics(stderr: str, what: str) -> None:
         log.log(logging.DEBUG if expected else logging.WARNING, "iree-compile on %s: %s", what, diagnostic)
 
 
-def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
-    try:
-        from iree.compiler.tools import core
-    except ImportError as e:
-        raise RuntimeError(
-            f"artifact {spec.stem} for {target.name} must be built, but iree-base-compiler is not "
-            "installed: pip install 'lnbwd-iree[compile]', or point artifact_dir at a folder made by "
-            "`lnbwd-iree compile --out DIR`"
-        ) from e
-    source = spec.source(target)
-    # The command line iree.compiler.tools.compile_str builds; run here with
-    # stderr captured, because compile_str copies the compiler's stderr to
-    # sys.stderr on success, diagnostics that are expected included.
+def run_compiler(source: str, flags, what: str) -> bytes:
+    """iree-compile on ``source`` with ``flags``: the command line
+    iree.compiler.tools.compile_str builds, run here with stderr captured,
+    because compile_str copies the compiler's stderr to sys.stderr on success,
+    expected diagnostics included. ``what`` names the source in messages."""
+    from iree.compiler.tools import core
+
     with core.TempFileSaver.implicit() as temps:
-        command = core.build_compile_command_line("-", temps, core.CompilerOptions(extra_args=list(target.flags())))
+        command = core.build_compile_command_line("-", temps, core.CompilerOptions(extra_args=list(flags)))
         process = subprocess.run(command, input=source.encode(), capture_output=True)
     stderr = process.stderr.decode(errors="replace")
-    what = f"{spec.stem} for {target.name}"
     if process.returncode != 0:
         raise CompilationError(
             f"iree-compile failed on {what} (exit code {process.returncode}):\n{stderr}\n"
@@ -80,3 +73,13 @@ def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
         )
     report_diagnostics(stderr, what)
     return process.stdout
+
+
+def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
+    if compiler_version() is None:
+        raise RuntimeError(
+            f"artifact {spec.stem} for {target.name} must be built, but iree-base-compiler is not "
+            "installed: pip install 'lnbwd-iree[compile]', or point artifact_dir at a folder made by "
+            "`lnbwd-iree compile --out DIR`"
+        )
+    return run_compiler(spec.source(target), target.flags(), f"{spec.stem} for {target.name}")
