@@ -265,6 +265,14 @@ def _signature(name: str, arrays) -> tuple | None:
     return tuple(key)
 
 
+def _is_healthy(semaphore: ireert.HalSemaphore) -> bool:
+    try:
+        semaphore.query()  # raises the failure of a failed semaphore
+    except Exception:
+        return False
+    return True
+
+
 # Labels of the arguments in refuse_shared_memory's messages.
 _BACKWARD_NAMES = (("input dy", "input x", "input gamma", "input mean", "input rstd"), ("out dx", "out dgamma", "out dbeta"))
 _FORWARD_NAMES = (("input x", "input gamma", "input beta"), ("out y", "out mean", "out rstd"))
@@ -393,27 +401,40 @@ class LayerNormKernels:
         """Queues ``submit(wait_fence, signal_fence)`` after everything queued
         before it, on the next value of the timeline; waits for it when ``wait``."""
         with self._queue_lock:
-            value = self._last_signal
-            signal = ireert.HalFence.create_at(self._timeline, value + 1)
+            timeline, value = self._timeline, self._last_signal
+            signal = ireert.HalFence.create_at(timeline, value + 1)
             try:
-                submit(ireert.HalFence.create_at(self._timeline, value), signal)
+                submit(ireert.HalFence.create_at(timeline, value), signal)
             except BaseException:
                 self._restart_timeline()
                 raise
             self._last_signal = value + 1
         if wait:
-            signal.wait()
+            self._wait(signal, timeline)
 
     def _restart_timeline(self) -> None:
-        """After a submission failed: it may have queued part of its work, which
-        would signal its value or leave it unsignalled forever, so later calls
-        go on a new semaphore, once every call before the failed one is done
-        (the caller holds the queue lock)."""
+        """After a submission failed (the caller holds the queue lock): it may
+        have queued part of its work, which would signal its value late or
+        never, so later calls go on a new semaphore. The calls before it are
+        waited for first, so that later calls still run after them; an error
+        of theirs is raised here, after the move."""
+        timeline, value = self._timeline, self._last_signal
+        self._timeline = self.device.create_semaphore(0)
+        self._last_signal = 0
+        ireert.HalFence.create_at(timeline, value).wait()
+
+    def _wait(self, fence: ireert.HalFence, timeline: ireert.HalSemaphore) -> None:
+        """Waits for ``fence`` on ``timeline``. A call that failed on the device
+        fails the semaphore, and with it every later wait: once that error is
+        raised to a caller here, later calls go on a new semaphore."""
         try:
-            ireert.HalFence.create_at(self._timeline, self._last_signal).wait()
-        finally:
-            self._timeline = self.device.create_semaphore(0)
-            self._last_signal = 0
+            fence.wait()
+        except BaseException:
+            with self._queue_lock:
+                if self._timeline is timeline and not _is_healthy(timeline):
+                    self._timeline = self.device.create_semaphore(0)
+                    self._last_signal = 0
+            raise
 
     def _submit(self, plan: _Plan, args: list, wait: bool) -> None:
         """Queues one call after the previous one (coarse-fences ABI); waits for it when ``wait``."""
@@ -457,8 +478,9 @@ class LayerNormKernels:
     def synchronize(self) -> None:
         """Waits for every call queued so far (after calls made with ``wait=False``)."""
         with self._queue_lock:
-            fence = ireert.HalFence.create_at(self._timeline, self._last_signal)
-        fence.wait()
+            timeline = self._timeline
+            fence = ireert.HalFence.create_at(timeline, self._last_signal)
+        self._wait(fence, timeline)
 
     def to_device(self, array) -> ireert.DeviceArray:
         """Uploads a NumPy array (C-contiguous copy) to this device."""
@@ -516,21 +538,18 @@ class LayerNormKernels:
                 got_shape, got_dtype = shape_and_dtype(array)
                 raise ValueError(f"out {name} must have shape {shape} and dtype {dtype}, got {got_shape} {got_dtype}")
 
-    def _empty_batch(self, given, specs, wait: bool) -> tuple:
-        """The results of a call with M == 0, in the ``given`` arrays where
-        there are: torch's convention of empty dX, y, mean and rstd and zero
-        dgamma and dbeta (the results that still have elements)."""
-        results = []
-        for array, (_, shape, dtype) in zip(given, specs):
-            zeros = self.empty(shape, dtype)
-            if array is None:
-                results.append(zeros)
-                continue
-            if zeros._buffer_view.byte_length:
-                source, target = zeros._buffer_view.get_buffer(), array._buffer_view.get_buffer()
-                self._enqueue(lambda wait_fence, signal: self.device.queue_copy(source, target, wait_fence, signal), wait)
-            results.append(array)
-        return tuple(results)
+    def _empty_batch_backward(self, problem: Problem, given, wait: bool) -> tuple:
+        """The gradients of an empty batch (M == 0), torch's convention: an
+        empty dX and zero dgamma and dbeta, written into the ``given`` arrays.
+        A one-row backward with dY = 0 writes the zeros, because a kernel can
+        write any device array and a transfer cannot (DLPack imports, torch's
+        tensors, do not allow the DISCARD_WRITE access a copy or fill needs)."""
+        storage, stats = STORAGE_DTYPES[problem.dtype], STATS_DTYPES[problem.dtype]
+        row = np.zeros((1, problem.n), storage)
+        _, dgamma, dbeta = self.backward(
+            row, row, row[0], np.zeros(1, stats), np.ones(1, stats), out=(None, *given[1:]), wait=wait
+        )
+        return (given[0] if given[0] is not None else self.empty(problem.shape, storage)), dgamma, dbeta
 
     def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
         """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
@@ -576,7 +595,7 @@ class LayerNormKernels:
             self._check_outputs(given, specs)
             if problem.m == 0:
                 check_eps(eps)
-                return self._empty_batch(given, specs, wait)
+                return self._empty_batch_backward(problem, given, wait)
             given = self._allocate_missing(given, specs)
             inputs = tuple(self.to_device(a) for a in inputs)
             mn, n = (problem.m, problem.n), (problem.n,)
@@ -609,7 +628,8 @@ class LayerNormKernels:
             self._check_outputs(given, specs)
             if problem.m == 0:
                 check_eps(eps)
-                return self._empty_batch(given, specs, wait)
+                # Every result is empty: the given arrays hold nothing to write.
+                return tuple(a if a is not None else self.empty(shape, dtype) for a, (_, shape, dtype) in zip(given, specs))
             given = self._allocate_missing(given, specs)
             inputs = tuple(self.to_device(a) for a in inputs)
             mn, n, m = (problem.m, problem.n), (problem.n,), (problem.m,)

@@ -259,6 +259,22 @@ def test_a_failed_call_does_not_poison_later_ones(tmp_path, rng, monkeypatch):
         check_backward(host(got), dy, x, gamma)
 
 
+def test_a_failure_on_the_device_is_raised_once_then_calls_work(tmp_path, rng):
+    """A call that fails on the device fails the timeline semaphore: the error
+    reaches the next wait (here synchronize), and calls after it run again."""
+    kernels = LayerNormKernels("local-task", cache_dir=os.environ.get("LNBWD_IREE_CACHE") or tmp_path)
+    dy, x, gamma, _ = random_problem(rng, SHAPE, "f32")
+    d = [kernels.to_device(a) for a in (dy, x, gamma)]
+    kernels.backward(*d, wait=False)
+    kernels._timeline.fail("injected device failure")  # what a failed dispatch does to its semaphore
+    with pytest.raises(RuntimeError, match="injected device failure"):
+        kernels.synchronize()
+    later = [kernels.backward(*d, wait=False), kernels.backward(*d)]
+    kernels.synchronize()
+    for got in later:
+        check_backward(host(got), dy, x, gamma)
+
+
 # ---- 3. empty batch with given outputs -------------------------------------------------------
 
 
@@ -284,6 +300,24 @@ def test_empty_batch_fills_given_outputs(kernels, dtype, wait):
     results = kernels.forward(x, gamma, gamma, out=out, wait=wait)
     assert all(r is o for r, o in zip(results, out))
     assert [r.to_host().shape for r in results] == [shape, shape[:-1], shape[:-1]]
+
+
+def test_empty_batch_fills_dlpack_imported_outputs():
+    """torch tensors imported through DLPack (as lnbwd_iree.torch passes its
+    gradients) allow no transfer into them; the zeros must still arrive."""
+    torch = pytest.importorskip("torch")
+    kernels = LayerNormKernels("local-task")
+
+    def imported(tensor):
+        view = kernels.device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(tensor))
+        return ireert.DeviceArray(kernels.device, view, implicit_host_transfer=True)
+
+    n = 16
+    x = np.ones((0, n), np.float32)
+    grads = [torch.full((n,), float("nan")) for _ in range(2)]
+    kernels.backward(x, x, np.ones(n, np.float32), out=(None, *(imported(g) for g in grads)))
+    for name, grad in zip(("dgamma", "dbeta"), grads):
+        assert (grad == 0).all(), f"{name}: {grad}"
 
 
 # ---- 5. eps in the kernel's arithmetic type ---------------------------------------------------
