@@ -172,11 +172,12 @@ _SPAN_ATTRIBUTE = "_lnbwd_iree_memory_span"
 def memory_span(device: ireert.HalDevice, array: ireert.DeviceArray) -> tuple:
     """(allocation, first byte, end byte) of ``array``'s memory, worked out
     once per array and kept on it. Where the driver exports the buffer's
-    device address (the CPU drivers; on cuda and hip, DLPack imports),
+    device address (the CPU drivers; cuda and hip for DLPack imports),
     allocation is None and the bytes are addresses, so separate imports of one
-    torch storage compare by where they point. Elsewhere (buffers that cuda
-    and hip allocated, vulkan) allocation is the HalBuffer, which two views
-    share, and the bytes count from its start."""
+    torch storage compare by where they point. Elsewhere (e.g. buffers that
+    cuda allocated itself) allocation is the HalBuffer, which views of it
+    share, and the bytes count from its start. Not seen: two different IREE
+    buffers over the same memory that IREE cannot export an address for."""
     span = array.__dict__.get(_SPAN_ATTRIBUTE)
     if span is None:
         view = array._buffer_view
