@@ -215,13 +215,17 @@ def refuse_shared_memory(device: ireert.HalDevice, names: tuple, inputs, outputs
             continue
         if checked is None:
             checked = [
-                (other, memory_span(device, a)) for other, a in zip(input_names, inputs) if type(a) is ireert.DeviceArray
+                (other, memory_span(device, a))
+                for other, a in zip(input_names, inputs)
+                if type(a) is ireert.DeviceArray
             ]
         span = memory_span(device, array)
         allocation, start, end = span
         for other, (other_allocation, other_start, other_end) in checked:
             if start < other_end and other_start < end and _same_allocation(allocation, other_allocation):
-                raise ValueError(f"{name} shares memory with {other}; outputs must not overlap the inputs or each other")
+                raise ValueError(
+                    f"{name} shares memory with {other}; outputs must not overlap the inputs or each other"
+                )
         checked.append((name, span))
 
 
@@ -275,7 +279,10 @@ def _is_healthy(semaphore: ireert.HalSemaphore) -> bool:
 
 
 # Labels of the arguments in refuse_shared_memory's messages.
-_BACKWARD_NAMES = (("input dy", "input x", "input gamma", "input mean", "input rstd"), ("out dx", "out dgamma", "out dbeta"))
+_BACKWARD_NAMES = (
+    ("input dy", "input x", "input gamma", "input mean", "input rstd"),
+    ("out dx", "out dgamma", "out dbeta"),
+)
 _FORWARD_NAMES = (("input x", "input gamma", "input beta"), ("out y", "out mean", "out rstd"))
 
 
@@ -630,7 +637,9 @@ class LayerNormKernels:
             if problem.m == 0:
                 check_eps(eps)
                 # Every result is empty: the given arrays hold nothing to write.
-                return tuple(a if a is not None else self.empty(shape, dtype) for a, (_, shape, dtype) in zip(given, specs))
+                return tuple(
+                    a if a is not None else self.empty(shape, dtype) for a, (_, shape, dtype) in zip(given, specs)
+                )
             given = self._allocate_missing(given, specs)
             inputs = tuple(self.to_device(a) for a in inputs)
             mn, n, m = (problem.m, problem.n), (problem.n,), (problem.m,)
