@@ -229,6 +229,22 @@ def refuse_shared_memory(device: ireert.HalDevice, names: tuple, inputs, outputs
         checked.append((name, span))
 
 
+def _is_healthy(semaphore: ireert.HalSemaphore) -> bool:
+    try:
+        semaphore.query()  # raises the failure of a failed semaphore
+    except Exception:
+        return False
+    return True
+
+
+# Labels of the arguments in refuse_shared_memory's messages.
+_BACKWARD_NAMES = (
+    ("input dy", "input x", "input gamma", "input mean", "input rstd"),
+    ("out dx", "out dgamma", "out dbeta"),
+)
+_FORWARD_NAMES = (("input x", "input gamma", "input beta"), ("out y", "out mean", "out rstd"))
+
+
 @dataclass
 class _Entry:
     """One loaded entry point and the scratch buffers its calls reuse."""
@@ -268,22 +284,6 @@ def _signature(name: str, arrays) -> tuple | None:
         else:
             return None
     return tuple(key)
-
-
-def _is_healthy(semaphore: ireert.HalSemaphore) -> bool:
-    try:
-        semaphore.query()  # raises the failure of a failed semaphore
-    except Exception:
-        return False
-    return True
-
-
-# Labels of the arguments in refuse_shared_memory's messages.
-_BACKWARD_NAMES = (
-    ("input dy", "input x", "input gamma", "input mean", "input rstd"),
-    ("out dx", "out dgamma", "out dbeta"),
-)
-_FORWARD_NAMES = (("input x", "input gamma", "input beta"), ("out y", "out mean", "out rstd"))
 
 
 class LayerNormKernels:
@@ -331,9 +331,10 @@ class LayerNormKernels:
         self._entries: dict[tuple[Specialization, str], _Entry] = {}
         self._specs: dict[tuple[str, str, tuple[int, int]], Specialization] = {}
         self._plans: dict[tuple, _Plan] = {}
-        # Guards the loaded entries, specialisations and scratch buffers (plans
-        # are only ever added whole, so the cached-plan path reads them unlocked).
-        self._load_lock = threading.RLock()
+        # Held while a plan is made, which loads entries, specialisations and
+        # scratch buffers; plans are only ever added whole, so the cached-plan
+        # path reads them unlocked.
+        self._load_lock = threading.Lock()
         # Guards the timeline: a value is taken and its call invoked as one step.
         self._queue_lock = threading.Lock()
         self._timeline = self.device.create_semaphore(0)
@@ -342,31 +343,29 @@ class LayerNormKernels:
     def specialization(self, kernel: Kernel, dtype: str, shape: tuple[int, int]) -> Specialization:
         """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
         key = (kernel.name, dtype, shape)
-        with self._load_lock:
-            if key not in self._specs:
-                static, dynamic = Specialization(kernel, dtype, *shape), Specialization(kernel, dtype)
-                if self.static_shapes is None:
-                    obtainable = compiler.compiler_version() is not None or self.store.find(static, self.target)
-                    self._specs[key] = static if obtainable else dynamic
-                else:
-                    self._specs[key] = static if self.static_shapes else dynamic
-            return self._specs[key]
+        if key not in self._specs:
+            static, dynamic = Specialization(kernel, dtype, *shape), Specialization(kernel, dtype)
+            if self.static_shapes is None:
+                obtainable = compiler.compiler_version() is not None or self.store.find(static, self.target)
+                self._specs[key] = static if obtainable else dynamic
+            else:
+                self._specs[key] = static if self.static_shapes else dynamic
+        return self._specs[key]
 
     def entry(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]) -> _Entry:
         """Entry point ``name`` of ``kernel``'s artifact for [M, N] = ``shape``, loaded once."""
         self.target.check_dtype(dtype)
-        with self._load_lock:
-            spec = self.specialization(kernel, dtype, shape)
-            if (spec, name) not in self._entries:
-                path = self.store.get(spec, self.target)
-                vm_module = ireert.VmModule.copy_buffer(self._instance, path.read_bytes())
-                context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
-                for fn_name in kernel.functions:
-                    function = vm_module.lookup_function(fn_name)
-                    size_name = function.reflection.get("iree.abi.transients.size")
-                    size_function = vm_module.lookup_function(size_name) if size_name else None
-                    self._entries[(spec, fn_name)] = _Entry(context, function, size_function, {})
-            return self._entries[(spec, name)]
+        spec = self.specialization(kernel, dtype, shape)
+        if (spec, name) not in self._entries:
+            path = self.store.get(spec, self.target)
+            vm_module = ireert.VmModule.copy_buffer(self._instance, path.read_bytes())
+            context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
+            for fn_name in kernel.functions:
+                function = vm_module.lookup_function(fn_name)
+                size_name = function.reflection.get("iree.abi.transients.size")
+                size_function = vm_module.lookup_function(size_name) if size_name else None
+                self._entries[(spec, fn_name)] = _Entry(context, function, size_function, {})
+        return self._entries[(spec, name)]
 
     def _buffer(self, nbytes: int) -> ireert.HalBuffer:
         return self.device.allocator.allocate_buffer(
@@ -377,20 +376,19 @@ class LayerNormKernels:
 
     def _transients(self, entry: _Entry, shape: tuple[int, int], args: list) -> ireert.HalBuffer:
         """The entry's scratch buffer for ``shape``, sized once by the module itself."""
-        with self._load_lock:
-            if shape not in entry.transients:
-                constant = entry.function.reflection.get("iree.abi.transients.size.constant")
-                if constant is not None:
-                    size = int(constant)
-                else:
-                    # The size query takes the call's own arguments (scratch and fences unused).
-                    query = self._arg_list(args, self._buffer(1), ireert.HalFence(1), ireert.HalFence(1))
-                    result = ireert.VmVariantList(1)
-                    with self._queue_lock:  # one invoke at a time on a context
-                        entry.context.invoke(entry.size_function, query, result)
-                    size = int(result.get_variant(0))
-                entry.transients[shape] = self._buffer(max(size, 1))
-            return entry.transients[shape]
+        if shape not in entry.transients:
+            constant = entry.function.reflection.get("iree.abi.transients.size.constant")
+            if constant is not None:
+                size = int(constant)
+            else:
+                # The size query takes the call's own arguments (scratch and fences unused).
+                query = self._arg_list(args, self._buffer(1), ireert.HalFence(1), ireert.HalFence(1))
+                result = ireert.VmVariantList(1)
+                with self._queue_lock:  # one invoke at a time on a context
+                    entry.context.invoke(entry.size_function, query, result)
+                size = int(result.get_variant(0))
+            entry.transients[shape] = self._buffer(max(size, 1))
+        return entry.transients[shape]
 
     @staticmethod
     def _arg_list(args, transients, wait_fence, signal_fence) -> ireert.VmVariantList:
@@ -459,16 +457,17 @@ class LayerNormKernels:
         """The plan for a validated call. ``inputs``: (device array, kernel
         shape) per tensor input; ``outputs``: (device array, dtype, kernel
         shape) per output."""
-        entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
-        args = [self._as_matrix(a, s) for a, s in inputs] + list(scalars)
-        args += [self._as_matrix(a, s) for a, _, s in outputs]
-        transients = self._transients(entry, (problem.m, problem.n), args)
-        input_views = tuple(None if shape_and_dtype(a)[0] == s else s for a, s in inputs)
-        output_views = []
-        for array, dtype, kernel_shape in outputs:
-            shape = shape_and_dtype(array)[0]
-            output_views.append((shape, dtype, None if shape == kernel_shape else kernel_shape))
-        return _Plan(entry, transients, input_views, tuple(output_views))
+        with self._load_lock:  # fills the entries, specialisations and scratch that all threads share
+            entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
+            args = [self._as_matrix(a, s) for a, s in inputs] + list(scalars)
+            args += [self._as_matrix(a, s) for a, _, s in outputs]
+            transients = self._transients(entry, (problem.m, problem.n), args)
+            input_views = tuple(None if shape_and_dtype(a)[0] == s else s for a, s in inputs)
+            output_views = []
+            for array, dtype, kernel_shape in outputs:
+                shape = shape_and_dtype(array)[0]
+                output_views.append((shape, dtype, None if shape == kernel_shape else kernel_shape))
+            return _Plan(entry, transients, input_views, tuple(output_views))
 
     def _launch(self, plan: _Plan, inputs, scalars, given, wait: bool) -> tuple:
         """Runs ``plan`` on ``inputs`` (then ``scalars``) into the ``given``
