@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,8 +92,13 @@ class ArtifactRecord:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Writes ``data`` to a temporary file beside ``path`` and renames it into
+    place. The file gets the permissions of any file the user creates (0666
+    less the umask), not mkstemp's 0600: a compile --out folder or a shared
+    cache must be readable by the others it is meant for."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

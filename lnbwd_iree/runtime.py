@@ -8,8 +8,10 @@ trip. NumPy inputs are uploaded; call ``.to_host()`` on results to read them."""
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import os
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -135,11 +137,114 @@ def _check_signature(rows, vectors_n, vectors_m) -> Problem:
     return Problem(dtype, m, n, batch_shape)
 
 
+# The kernels take eps as an f32 argument (converted to the arithmetic type
+# inside), for every storage dtype: a larger eps would arrive as inf.
+EPS_MAX = float(np.finfo(np.float32).max)
+
+
 def check_eps(eps) -> float:
     eps = float(eps)
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    if not 0.0 <= eps <= EPS_MAX:  # also false for NaN
+        raise ValueError(f"eps must be a number in [0, {EPS_MAX:.8g}] (the kernels take it as float32), got {eps}")
     return eps
+
+
+class _DLTensor(ctypes.Structure):
+    """DLPack's DLTensor up to byte_offset (the first member of a DLManagedTensor)."""
+
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device_type", ctypes.c_int32),
+        ("device_id", ctypes.c_int32),
+        ("ndim", ctypes.c_int32),
+        ("dtype", ctypes.c_uint32),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+# A prototype of our own: setting restype on ctypes.pythonapi's shared one would change it for everyone.
+_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
+_SPAN_ATTRIBUTE = "_lnbwd_iree_memory_span"
+
+
+def memory_span(device: ireert.HalDevice, array: ireert.DeviceArray) -> tuple:
+    """(allocation, first byte, end byte) of ``array``'s memory, worked out
+    once per array and kept on it. Where the driver exports the buffer's
+    device address (the CPU drivers; cuda and hip for DLPack imports),
+    allocation is None and the bytes are addresses, so separate imports of one
+    torch storage compare by where they point. Elsewhere (e.g. buffers that
+    cuda allocated itself) allocation is the HalBuffer, which views of it
+    share, and the bytes count from its start. Not seen: two different IREE
+    buffers over the same memory that IREE cannot export an address for."""
+    span = array.__dict__.get(_SPAN_ATTRIBUTE)
+    if span is None:
+        view = array._buffer_view
+        size = view.byte_length
+        if size == 0:
+            span = (None, 0, 0)  # overlaps nothing
+        else:
+            try:
+                # Exported only to read the address: the device type code is not used.
+                capsule = device.create_dlpack_capsule(view, 1, 0)
+                tensor = _DLTensor.from_address(_capsule_pointer(capsule, b"dltensor"))
+                start = tensor.data + tensor.byte_offset
+                span = (None, start, start + size)
+            except (RuntimeError, ValueError):  # UNAVAILABLE, UNIMPLEMENTED, an element type DLPack lacks
+                span = (view.get_buffer(), 0, size)
+        array.__dict__[_SPAN_ATTRIBUTE] = span
+    return span
+
+
+def _same_allocation(a, b) -> bool:
+    # HalBuffer.__eq__ compares the underlying buffers but refuses None.
+    return a is b or (a is not None and b is not None and a == b)
+
+
+def refuse_shared_memory(device: ireert.HalDevice, names: tuple, inputs, outputs) -> None:
+    """Raises ValueError when a given output shares memory with an input or
+    with another output: the kernels' arguments are noalias and dX is written
+    before the column sums read dY and X. ``names``: (input labels, output
+    labels); arrays that are not device arrays are skipped (host arrays are
+    uploaded to fresh buffers). Runs on every call, so it stays lean."""
+    input_names, output_names = names
+    checked = None
+    for name, array in zip(output_names, outputs):
+        if type(array) is not ireert.DeviceArray:
+            continue
+        if checked is None:
+            checked = [
+                (other, memory_span(device, a))
+                for other, a in zip(input_names, inputs)
+                if type(a) is ireert.DeviceArray
+            ]
+        span = memory_span(device, array)
+        allocation, start, end = span
+        for other, (other_allocation, other_start, other_end) in checked:
+            if start < other_end and other_start < end and _same_allocation(allocation, other_allocation):
+                raise ValueError(
+                    f"{name} shares memory with {other}; outputs must not overlap the inputs or each other"
+                )
+        checked.append((name, span))
+
+
+def _is_healthy(semaphore: ireert.HalSemaphore) -> bool:
+    try:
+        semaphore.query()  # raises the failure of a failed semaphore
+    except Exception:
+        return False
+    return True
+
+
+# Labels of the arguments in refuse_shared_memory's messages.
+_BACKWARD_NAMES = (
+    ("input dy", "input x", "input gamma", "input mean", "input rstd"),
+    ("out dx", "out dgamma", "out dbeta"),
+)
+_FORWARD_NAMES = (("input x", "input gamma", "input beta"), ("out y", "out mean", "out rstd"))
 
 
 @dataclass
@@ -216,6 +321,10 @@ class LayerNormKernels:
     value k and signals k + 1), so a call may use what an earlier call wrote
     even with ``wait=False``; each entry point's scratch (transient) buffer is
     therefore reused safely by the next call.
+
+    An instance may be shared between threads: calls from several threads are
+    queued one at a time, in the order they reach the queue. A call that fails
+    leaves the queue usable for the calls after it.
     """
 
     def __init__(
@@ -238,6 +347,12 @@ class LayerNormKernels:
         self._entries: dict[tuple[Specialization, str], _Entry] = {}
         self._specs: dict[tuple[str, str, tuple[int, int]], Specialization] = {}
         self._plans: dict[tuple, _Plan] = {}
+        # Held while a plan is made, which loads entries, specialisations and
+        # scratch buffers; plans are only ever added whole, so the cached-plan
+        # path reads them unlocked.
+        self._load_lock = threading.Lock()
+        # Guards the timeline: a value is taken and its call invoked as one step.
+        self._queue_lock = threading.Lock()
         self._timeline = self.device.create_semaphore(0)
         self._last_signal = 0
 
@@ -307,7 +422,8 @@ class LayerNormKernels:
                 # The size query takes the call's own arguments (scratch and fences unused).
                 query = self._arg_list(args, self._buffer(1), ireert.HalFence(1), ireert.HalFence(1))
                 result = ireert.VmVariantList(1)
-                entry.context.invoke(entry.size_function, query, result)
+                with self._queue_lock:  # one invoke at a time on a context
+                    entry.context.invoke(entry.size_function, query, result)
                 size = int(result.get_variant(0))
             entry.transients[shape] = self._buffer(max(size, 1))
         return entry.transients[shape]
@@ -325,30 +441,71 @@ class LayerNormKernels:
         arg_list.push_ref(signal_fence.ref)
         return arg_list
 
+    def _enqueue(self, submit, wait: bool) -> None:
+        """Queues ``submit(wait_fence, signal_fence)`` after everything queued
+        before it, on the next value of the timeline; waits for it when ``wait``."""
+        with self._queue_lock:
+            timeline, value = self._timeline, self._last_signal
+            signal = ireert.HalFence.create_at(timeline, value + 1)
+            try:
+                submit(ireert.HalFence.create_at(timeline, value), signal)
+            except BaseException:
+                self._restart_timeline()
+                raise
+            self._last_signal = value + 1
+        if wait:
+            self._wait(signal, timeline)
+
+    def _restart_timeline(self) -> None:
+        """After a submission failed (the caller holds the queue lock): it may
+        have queued part of its work, which would signal its value late or
+        never, so later calls go on a new semaphore. The calls before it are
+        waited for first, so that later calls still run after them; an error
+        of theirs is raised here, after the move."""
+        timeline, value = self._timeline, self._last_signal
+        self._timeline = self.device.create_semaphore(0)
+        self._last_signal = 0
+        ireert.HalFence.create_at(timeline, value).wait()
+
+    def _wait(self, fence: ireert.HalFence, timeline: ireert.HalSemaphore) -> None:
+        """Waits for ``fence`` on ``timeline``. A call that failed on the device
+        fails the semaphore, and with it every later wait: once that error is
+        raised to a caller here, later calls go on a new semaphore."""
+        try:
+            fence.wait()
+        except BaseException:
+            with self._queue_lock:
+                if self._timeline is timeline and not _is_healthy(timeline):
+                    self._timeline = self.device.create_semaphore(0)
+                    self._last_signal = 0
+            raise
+
     def _submit(self, plan: _Plan, args: list, wait: bool) -> None:
         """Queues one call after the previous one (coarse-fences ABI); waits for it when ``wait``."""
-        wait_fence = ireert.HalFence.create_at(self._timeline, self._last_signal)
-        self._last_signal += 1
-        signal = ireert.HalFence.create_at(self._timeline, self._last_signal)
-        arg_list = self._arg_list(args, plan.transients, wait_fence, signal)
-        plan.entry.context.invoke(plan.entry.function, arg_list, ireert.VmVariantList(len(plan.outputs)))
-        if wait:
-            signal.wait()
+        entry = plan.entry
+        results = ireert.VmVariantList(len(plan.outputs))
+        self._enqueue(
+            lambda wait_fence, signal: entry.context.invoke(
+                entry.function, self._arg_list(args, plan.transients, wait_fence, signal), results
+            ),
+            wait,
+        )
 
     def _plan(self, kernel: Kernel, problem: Problem, name: str, inputs, scalars, outputs) -> _Plan:
         """The plan for a validated call. ``inputs``: (device array, kernel
         shape) per tensor input; ``outputs``: (device array, dtype, kernel
         shape) per output."""
-        entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
-        args = [self._as_matrix(a, s) for a, s in inputs] + list(scalars)
-        args += [self._as_matrix(a, s) for a, _, s in outputs]
-        transients = self._transients(entry, (problem.m, problem.n), args)
-        input_views = tuple(None if shape_and_dtype(a)[0] == s else s for a, s in inputs)
-        output_views = []
-        for array, dtype, kernel_shape in outputs:
-            shape = shape_and_dtype(array)[0]
-            output_views.append((shape, dtype, None if shape == kernel_shape else kernel_shape))
-        return _Plan(entry, transients, input_views, tuple(output_views))
+        with self._load_lock:  # fills the entries, specialisations and scratch that all threads share
+            entry = self.entry(kernel, problem.dtype, name, (problem.m, problem.n))
+            args = [self._as_matrix(a, s) for a, s in inputs] + list(scalars)
+            args += [self._as_matrix(a, s) for a, _, s in outputs]
+            transients = self._transients(entry, (problem.m, problem.n), args)
+            input_views = tuple(None if shape_and_dtype(a)[0] == s else s for a, s in inputs)
+            output_views = []
+            for array, dtype, kernel_shape in outputs:
+                shape = shape_and_dtype(array)[0]
+                output_views.append((shape, dtype, None if shape == kernel_shape else kernel_shape))
+            return _Plan(entry, transients, input_views, tuple(output_views))
 
     def _launch(self, plan: _Plan, inputs, scalars, given, wait: bool) -> tuple:
         """Runs ``plan`` on ``inputs`` (then ``scalars``) into the ``given``
@@ -365,7 +522,10 @@ class LayerNormKernels:
 
     def synchronize(self) -> None:
         """Waits for every call queued so far (after calls made with ``wait=False``)."""
-        ireert.HalFence.create_at(self._timeline, self._last_signal).wait()
+        with self._queue_lock:
+            timeline = self._timeline
+            fence = ireert.HalFence.create_at(timeline, self._last_signal)
+        self._wait(fence, timeline)
 
     def to_device(self, array) -> ireert.DeviceArray:
         """Uploads a NumPy array (C-contiguous copy) to this device."""
@@ -424,6 +584,19 @@ class LayerNormKernels:
                 got_shape, got_dtype = shape_and_dtype(array)
                 raise ValueError(f"out {name} must have shape {shape} and dtype {dtype}, got {got_shape} {got_dtype}")
 
+    def _empty_batch_backward(self, problem: Problem, given, wait: bool) -> tuple:
+        """The gradients of an empty batch (M == 0), torch's convention: an
+        empty dX and zero dgamma and dbeta, written into the ``given`` arrays.
+        A one-row backward with dY = 0 writes the zeros, because a kernel can
+        write any device array and a transfer cannot (DLPack imports, torch's
+        tensors, do not allow the DISCARD_WRITE access a copy or fill needs)."""
+        storage, stats = STORAGE_DTYPES[problem.dtype], STATS_DTYPES[problem.dtype]
+        row = np.zeros((1, problem.n), storage)
+        _, dgamma, dbeta = self.backward(
+            row, row, row[0], np.zeros(1, stats), np.ones(1, stats), out=(None, *given[1:]), wait=wait
+        )
+        return (given[0] if given[0] is not None else self.empty(problem.shape, storage)), dgamma, dbeta
+
     def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
         """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
         if isinstance(array, ireert.DeviceArray):
@@ -442,8 +615,11 @@ class LayerNormKernels:
         """dX, dgamma, dbeta as device arrays. ``mean``/``rstd`` are the forward's
         f32 statistics; when both are None they are recomputed from X with ``eps``.
         ``out``: device arrays that receive the results: dX alone or (dX,
-        dgamma, dbeta); the rest are allocated. ``wait=False`` returns once the
+        dgamma, dbeta); the rest are allocated. An ``out`` array must not share
+        memory with an input or with another output (ValueError: the kernels
+        read inputs after writing outputs). ``wait=False`` returns once the
         call is queued: read results only after ``synchronize()``.
+        An empty batch (M == 0) gives an empty dX and zero dgamma and dbeta.
 
         The first call with a given set of shapes and dtypes validates them and
         finds the artifact; later calls with device arrays of the same
@@ -452,6 +628,7 @@ class LayerNormKernels:
             raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
         inputs = (dy, x, gamma) if mean is None else (dy, x, gamma, mean, rstd)
         given = self._given(out, 3)
+        refuse_shared_memory(self.device, _BACKWARD_NAMES, inputs, given)
         name = "layernorm_backward_recompute" if mean is None else "layernorm_backward"
         key = _signature(name, inputs + given)
         plan = self._plans.get(key)
@@ -464,9 +641,7 @@ class LayerNormKernels:
             self._check_outputs(given, specs)
             if problem.m == 0:
                 check_eps(eps)
-                # torch's convention for an empty batch: empty dX, zero parameter grads.
-                zeros = np.zeros(problem.n, storage)
-                return self.empty(problem.shape, storage), self.to_device(zeros), self.to_device(zeros)
+                return self._empty_batch_backward(problem, given, wait)
             given = self._allocate_missing(given, specs)
             inputs = tuple(self.to_device(a) for a in inputs)
             mn, n = (problem.m, problem.n), (problem.n,)
@@ -483,9 +658,11 @@ class LayerNormKernels:
 
     def forward(self, x, gamma, beta, *, eps: float = 1e-5, out=None, wait: bool = True):
         """y, mean, rstd as device arrays; mean and rstd (f32, f64 for f64 data) have X's leading
-        dims. ``out`` (y alone or (y, mean, rstd)) and ``wait`` as for ``backward``."""
+        dims. ``out`` (y alone or (y, mean, rstd)) and ``wait`` as for ``backward``,
+        and as there, ``out`` arrays must not share memory with the inputs or each other."""
         inputs = (x, gamma, beta)
         given = self._given(out, 3)
+        refuse_shared_memory(self.device, _FORWARD_NAMES, inputs, given)
         key = _signature("layernorm_forward", inputs + given)
         plan = self._plans.get(key)
         if plan is None:
@@ -497,8 +674,10 @@ class LayerNormKernels:
             self._check_outputs(given, specs)
             if problem.m == 0:
                 check_eps(eps)
-                empty_stats = self.empty(problem.batch_shape, stats)
-                return self.empty(problem.shape, storage), empty_stats, empty_stats
+                # Every result is empty: the given arrays hold nothing to write.
+                return tuple(
+                    a if a is not None else self.empty(shape, dtype) for a, (_, shape, dtype) in zip(given, specs)
+                )
             given = self._allocate_missing(given, specs)
             inputs = tuple(self.to_device(a) for a in inputs)
             mn, n, m = (problem.m, problem.n), (problem.n,), (problem.m,)
