@@ -179,6 +179,38 @@ class Specialization:
             "ROW_DX_CONFIG": f", lowering_config = {elementwise}",
         }
 
+    def forward_schedule(self, target: Target) -> tuple[int, int, int] | None:
+        """(subgroups, step, rows) of the forward's dispatch on GPU targets
+        with static N (forward_configs), or None to leave it to IREE."""
+        if not target.is_gpu or self.n is None:
+            return None
+        lanes = subgroup_size(target)
+        per_subgroup = lanes * self.vector
+        if self.n % per_subgroup:
+            return None
+        # The whole row in registers, four 16-byte vectors per thread.
+        subgroups = max(1, min(1024 // lanes, self.n // (4 * per_subgroup)))
+        while self.n % (subgroups * per_subgroup):
+            subgroups -= 1
+        return subgroups, self.n, 1
+
+    def forward_configs(self, target: Target, subgroups: int, step: int, rows: int = 1) -> dict[str, str]:
+        """Template fields of the forward's one dispatch (the two row
+        statistics and Y): ``rows`` rows per workgroup, each spread over
+        ``subgroups`` subgroups, a 16-byte vector per thread, ``step``
+        columns per loop step (N: the whole row at once, held in registers)."""
+        lanes = subgroup_size(target)
+        basis = (
+            f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[{rows}, {subgroups}], [0, 1]], "
+            f"thread = [{1 if rows > 1 else 0}, {self.vector}]"
+        )
+        root = f"{basis}, partial_reduction = [0, {step}], workgroup = [{rows}, 0]"
+        return {
+            "STATS_SUM_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis}, partial_reduction = [0, {step}]}}>",
+            "STATS_ROOT_CONFIG": self._compilation_info(root, lanes * subgroups * rows, lanes, "VectorDistribute"),
+            "FORWARD_Y_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis}, serial = [0, {step}]}}>",
+        }
+
     def row_blocks(self, target: Target) -> tuple[int, int, int] | None:
         """(G, R, S) when the backward runs as one pass over dY and X
         (row_block_pass.mlir): G workgroups of S subgroups, each walking R
@@ -291,7 +323,14 @@ class Specialization:
             "N": "?" if self.n is None else str(self.n),
             "GRADIENT_PASSES": "row_then_column_passes.mlir",
             "COLUMN_SUMS": "column_sums_direct.mlir",
+            "STATS_SUM_CONFIG": "",
+            "STATS_ROOT_CONFIG": "",
+            "FORWARD_Y_CONFIG": "",
         }
+        if self.kernel.name == "layernorm_forward":
+            schedule = self.forward_schedule(target)
+            if schedule is not None:
+                fields.update(self.forward_configs(target, *schedule))
         if self.kernel.name == "layernorm_backward":
             row_blocks = self.row_blocks(target)
             if row_blocks is not None:
