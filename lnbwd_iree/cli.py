@@ -65,8 +65,8 @@ def cmd_compile(args) -> int:
                 print(f"skip {target.name} {dtype}: {targets.UNSUPPORTED_DTYPES[target.backend, dtype]}")
                 continue
             for kernel in KERNELS:
-                for m, n in shapes:
-                    spec = Specialization(kernel, dtype, m, n)
+                # Shapes that share N share a per-N kernel's artifact.
+                for spec in dict.fromkeys(Specialization.serving(kernel, dtype, m, n) for m, n in shapes):
                     path = cache.ArtifactStore.build(spec, target, out)
                     paths.append(path)
                     print(f"{path.name}")

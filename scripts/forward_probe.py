@@ -77,18 +77,14 @@ def compile_variants(out_dir: Path, shapes, dtypes) -> None:
     (out_dir / "index.json").write_text(json.dumps(index, indent=1))
 
 
-def run(variant_dir: Path, rounds: int, with_compile: bool) -> None:
-    import torch
+def variant_kernels(vmfb: Path):
+    """A LayerNormKernels on cuda that runs the given .vmfb for every forward call."""
     from iree import runtime as ireert
 
     from lnbwd_iree import runtime
-    from lnbwd_iree.bench import time_calls
-    from lnbwd_iree.reference import TOLERANCE, forward_reference, relative_error
 
     class VariantKernels(runtime.LayerNormKernels):
-        """Runs one given .vmfb for every forward call."""
-
-        def __init__(self, vmfb: Path):
+        def __init__(self):
             super().__init__("cuda", static_shapes=True)
             module = ireert.VmModule.copy_buffer(self._instance, vmfb.read_bytes())
             context = ireert.VmContext(self._instance, modules=[self._hal_module, module])
@@ -96,6 +92,43 @@ def run(variant_dir: Path, rounds: int, with_compile: bool) -> None:
 
         def entry(self, kernel, dtype, name, shape):
             return self._variant
+
+    return VariantKernels()
+
+
+def profile(variant_dir: Path, labels: list[str]) -> None:
+    """A few calls of each named variant and of torch eager and Liger per
+    shape, for ncu to time kernel by kernel."""
+    import torch
+    from liger_kernel.ops.layer_norm import layer_norm_forward as liger_forward
+
+    from lnbwd_iree import runtime
+
+    for record in json.loads((variant_dir / "index.json").read_text()):
+        if record["label"] not in labels:
+            continue
+        dtype, m, n = record["dtype"], record["m"], record["n"]
+        kernels = variant_kernels(variant_dir / record["file"])
+        x = kernels.to_device((np.random.default_rng(0).standard_normal((m, n), np.float32)).astype(runtime.STORAGE_DTYPES[dtype]))
+        gamma = kernels.to_device(np.ones(n, runtime.STORAGE_DTYPES[dtype]))
+        for _ in range(3):
+            kernels.forward(x, gamma, gamma)
+        if record["label"] == labels[0]:
+            tx = torch.randn(m, n, device="cuda", dtype={"f32": torch.float32, "bf16": torch.bfloat16}[dtype])
+            tg = torch.ones(n, device="cuda", dtype=tx.dtype)
+            for _ in range(3):
+                torch.native_layer_norm(tx, [n], tg, tg, 1e-5)
+                liger_forward(tx, tg, tg, 1e-5)
+            torch.cuda.synchronize()
+        print(f"profiled {dtype} {m}x{n} {record['label']}", flush=True)
+
+
+def run(variant_dir: Path, rounds: int, with_compile: bool, labels: list[str] | None) -> None:
+    import torch
+
+    from lnbwd_iree import runtime
+    from lnbwd_iree.bench import time_calls
+    from lnbwd_iree.reference import TOLERANCE, forward_reference, relative_error
 
     try:
         from liger_kernel.ops.layer_norm import layer_norm_forward as liger_forward
@@ -105,7 +138,7 @@ def run(variant_dir: Path, rounds: int, with_compile: bool) -> None:
 
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
-    index = json.loads((variant_dir / "index.json").read_text())
+    index = [r for r in json.loads((variant_dir / "index.json").read_text()) if not labels or r["label"] in labels]
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     a = torch.empty(1 << 28, device="cuda").uniform_()
     b = torch.empty_like(a)
@@ -130,7 +163,7 @@ def run(variant_dir: Path, rounds: int, with_compile: bool) -> None:
             host_x.append(x.astype(storage))
         gamma = (1 + 0.5 * rng.standard_normal(n, np.float32)).astype(storage)
         beta = (0.5 * rng.standard_normal(n, np.float32)).astype(storage)
-        base = VariantKernels(variant_dir / records[0]["file"])
+        base = variant_kernels(variant_dir / records[0]["file"])
         dev_x = [base.to_device(x) for x in host_x]
         dev_gamma, dev_beta = base.to_device(gamma), base.to_device(beta)
         outs = [tuple(base.allocate(s, d) for s, d in (((m, n), storage), ((m,), np.float32), ((m,), np.float32)))
@@ -138,7 +171,7 @@ def run(variant_dir: Path, rounds: int, with_compile: bool) -> None:
         ref = forward_reference(host_x[0].astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64))
         impls = {}
         for record in records:
-            kernels = VariantKernels(variant_dir / record["file"])
+            kernels = variant_kernels(variant_dir / record["file"])
             poison = tuple(kernels.to_device(np.full(s, np.nan, d)) for s, d in (((m, n), storage), ((m,), np.float32), ((m,), np.float32)))
             got = kernels.forward(dev_x[0], dev_gamma, dev_beta, eps=1e-5, out=poison)
             errors = [relative_error(g.to_host().astype(np.float64), r) for g, r in zip(got, ref)]
@@ -190,14 +223,17 @@ def run(variant_dir: Path, rounds: int, with_compile: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["compile", "run"])
+    parser.add_argument("mode", choices=["compile", "run", "profile"])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--dtype", action="append")
     parser.add_argument("--small", action="store_true", help="the small shapes too")
     parser.add_argument("--compile", action="store_true", help="time torch.compile too (slow to build)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--label", action="append", help="variants to run (profile: the first also runs the peers)")
     args = parser.parse_args()
     if args.mode == "compile":
         compile_variants(args.dir, LARGE + (SMALL if args.small else []), args.dtype or ["f32", "bf16"])
+    elif args.mode == "profile":
+        profile(args.dir, args.label or ["shipped"])
     else:
-        run(args.dir, args.rounds, args.compile)
+        run(args.dir, args.rounds, args.compile, args.label)
