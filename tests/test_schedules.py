@@ -88,8 +88,11 @@ def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, per
         ("f32", 16384, CUDA, (32, 16384, 1)),
         ("f32", 768, CUDA, (1, 768, 1)),
         ("f32", 4096, GFX942, (4, 4096, 1)),
-        # Over eight vectors per thread at 1024 threads: steps of four vectors.
+        # Rows over 16384 elements: steps of at most 16384 columns.
         ("f32", 65536, CUDA, (32, 16384, 1)),
+        ("bf16", 65536, CUDA, (32, 16384, 1)),
+        ("bf16", 65536, GFX942, (16, 16384, 1)),
+        ("f32", 24576, CUDA, (32, 12288, 1)),
         # N must fill whole subgroup steps (wave64 x 8 bf16 = 512 does not divide 768);
         # CPUs and dynamic N keep IREE's choice.
         ("bf16", 768, GFX942, None),
