@@ -6,14 +6,21 @@ target, chip, compiler version, flags) and the SHA-256 of the bytes. An
 artifact whose record disagrees with what would be built now, or whose bytes
 do not match their hash, is stale or corrupt: it is rebuilt, never loaded.
 Files are written to a temporary name and renamed, so concurrent builders
-and interrupted builds never leave a half-written artifact in place."""
+and interrupted builds never leave a half-written artifact in place.
+
+The cache folder grows by one artifact per (kernel, dtype, shape, target);
+``cached_artifacts``, ``clear`` and ``prune`` (``lnbwd-iree cache``) list and
+trim it. A load from the cache refreshes the artifact's modification time, so
+that time is when it was last used."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +31,9 @@ from .targets import Target
 CACHE_ENV = "LNBWD_IREE_CACHE"
 ARTIFACTS_ENV = "LNBWD_IREE_ARTIFACTS"
 MANIFEST = "manifest.json"
+RECORD_SUFFIX = ".json"
+
+log = logging.getLogger("lnbwd_iree")
 
 
 def default_cache_dir() -> Path:
@@ -31,6 +41,10 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lnbwd-iree"
+
+
+class RejectedArtifact(Exception):
+    """Why a candidate artifact file cannot be used (absent, unreadable, corrupt, built for something else)."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +65,30 @@ class ArtifactRecord:
     vmfb_sha256: str
 
     @classmethod
-    def load(cls, path: Path) -> "ArtifactRecord | None":
+    def read(cls, path: Path) -> "ArtifactRecord":
+        """The record at ``path``; RejectedArtifact says why there is none."""
         try:
             data = json.loads(path.read_text())
             data["flags"] = tuple(data["flags"])
             return cls(**data)
-        except (OSError, ValueError, TypeError, KeyError):
+        except FileNotFoundError:
+            raise RejectedArtifact(f"its record {path.name} is missing") from None
+        except OSError as e:
+            raise RejectedArtifact(f"its record is unreadable ({e.strerror or e})") from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise RejectedArtifact(f"its record is corrupt ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def load(cls, path: Path) -> "ArtifactRecord | None":
+        try:
+            return cls.read(path)
+        except RejectedArtifact:
             return None
+
+    def purpose(self) -> str:
+        """What the artifact computes and runs on, e.g. "layernorm_backward f32 64x200 on llvm-cpu-host"."""
+        shape = "any MxN" if self.m is None else f"{self.m}x{self.n}"
+        return f"{self.kernel} {self.dtype} {shape} on {self.target} (iree {self.compiler_version})"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -78,45 +109,105 @@ def artifact_name(spec: Specialization, target: Target) -> str:
     return f"{spec.stem}_{target.name}.vmfb"
 
 
+def record_path(vmfb: Path) -> Path:
+    return vmfb.with_name(vmfb.name + RECORD_SUFFIX)
+
+
+def check_artifact(path: Path, spec: Specialization, target: Target) -> None:
+    """Raises RejectedArtifact saying why ``path`` cannot serve ``spec`` on ``target``."""
+    if not path.exists():
+        others = sorted(p.name for p in path.parent.glob(f"{spec.stem}_*.vmfb")) if path.parent.is_dir() else []
+        raise RejectedArtifact("absent" + (f" (the folder has only {', '.join(others)})" if others else ""))
+    record = ArtifactRecord.read(record_path(path))
+    if record.target_identity != target.identity():
+        # llvm-cpu "host" identities are "<name>:<CPU fingerprint>".
+        if target.identity() != target.name and record.target_identity.split(":")[0] == target.name:
+            raise RejectedArtifact("built for another host CPU (llvm-cpu artifacts are keyed to the CPU model and flags)")
+        raise RejectedArtifact(f"built for target {record.target_identity}, not {target.identity()}")
+    installed = compiler.compiler_version()
+    # A runtime-only deployment cannot rebuild, so it trusts the recorded compiler.
+    if installed is not None and record.compiler_version != installed:
+        raise RejectedArtifact(f"built by iree-base-compiler {record.compiler_version}; installed is {installed}")
+    if record.source_sha256 != spec.source_hash(target):
+        raise RejectedArtifact("built from other MLIR source (another lnbwd-iree version)")
+    if record.flags != target.flags():
+        raise RejectedArtifact(f"built with other compiler flags {list(record.flags)}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RejectedArtifact(f"unreadable ({e.strerror or e})") from None
+    if hashlib.sha256(data).hexdigest() != record.vmfb_sha256:
+        raise RejectedArtifact("corrupt: its bytes do not match the SHA-256 in its record")
+
+
+class ArtifactNotFoundError(RuntimeError):
+    """No usable artifact and no compiler to build one; the message lists every folder searched."""
+
+
 class ArtifactStore:
     """Looks in ``artifact_dirs`` (read-only, e.g. a folder made by
     ``lnbwd-iree compile --out``) and then ``cache_dir``; builds into ``cache_dir``."""
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, artifact_dirs=()):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        dirs = [Path(d) for d in artifact_dirs]
+        named = [(Path(d), "artifact_dir") for d in artifact_dirs]
         if os.environ.get(ARTIFACTS_ENV):
-            dirs += [Path(d) for d in os.environ[ARTIFACTS_ENV].split(os.pathsep) if d]
-        self.artifact_dirs = tuple(dirs)
+            named += [(Path(d), ARTIFACTS_ENV) for d in os.environ[ARTIFACTS_ENV].split(os.pathsep) if d]
+        for directory, source in named:
+            # A mistyped folder would otherwise be skipped silently and everything compiled again.
+            if not directory.is_dir():
+                problem = "is not a folder" if directory.exists() else "does not exist"
+                raise FileNotFoundError(
+                    f"{source} {directory} {problem}; expected a folder made by `lnbwd-iree compile --out DIR`"
+                )
+        self.artifact_dirs = tuple(d for d, _ in named)
 
-    def _is_valid(self, path: Path, spec: Specialization, target: Target) -> bool:
-        record = ArtifactRecord.load(path.with_name(path.name + ".json"))
-        if record is None or not path.exists():
-            return False
-        installed = compiler.compiler_version()
-        return (
-            record.source_sha256 == spec.source_hash(target)
-            and record.flags == target.flags()
-            and record.target_identity == target.identity()
-            # A runtime-only deployment cannot rebuild, so it trusts the recorded compiler.
-            and (installed is None or record.compiler_version == installed)
-            and hashlib.sha256(path.read_bytes()).hexdigest() == record.vmfb_sha256
-        )
+    def search(self, spec: Specialization, target: Target) -> tuple[Path | None, list[tuple[Path, str]]]:
+        """The first valid artifact, and (folder, reason) for each folder rejected before it."""
+        name = artifact_name(spec, target)
+        rejected = []
+        for directory in (*self.artifact_dirs, self.cache_dir):
+            try:
+                check_artifact(directory / name, spec, target)
+            except RejectedArtifact as e:
+                rejected.append((directory, str(e)))
+                continue
+            if directory == self.cache_dir:
+                try:  # marks it used, for `lnbwd-iree cache prune --older-than`
+                    os.utime(directory / name)
+                except OSError:
+                    pass
+            return directory / name, rejected
+        return None, rejected
 
     def find(self, spec: Specialization, target: Target) -> Path | None:
-        name = artifact_name(spec, target)
-        for directory in (*self.artifact_dirs, self.cache_dir):
-            if self._is_valid(directory / name, spec, target):
-                return directory / name
-        return None
+        return self.search(spec, target)[0]
 
     def get(self, spec: Specialization, target: Target) -> Path:
         """A valid artifact's path, building it into the cache when none exists."""
-        return self.find(spec, target) or self.build(spec, target, self.cache_dir)
+        found, rejected = self.search(spec, target)
+        if found is not None:
+            return found
+        if compiler.compiler_version() is None:
+            searched = "\n".join(f"  {directory}: {reason}" for directory, reason in rejected)
+            raise ArtifactNotFoundError(
+                f"no usable artifact {artifact_name(spec, target)} and iree-base-compiler is not installed to "
+                f"build it. Searched:\n{searched}\nBuild it where the compiler is installed with "
+                f"`lnbwd-iree compile --out DIR --target {target.name} --dtype {spec.dtype}"
+                + (f" --shape {spec.m}x{spec.n}" if spec.m is not None else "")
+                + f"` (for llvm-cpu, on a machine with this CPU model), then pass artifact_dir=DIR or set {ARTIFACTS_ENV}; "
+                "or pip install 'lnbwd-iree[compile]'"
+            )
+        stale = [f"{directory}: {reason}" for directory, reason in rejected if not reason.startswith("absent")]
+        return self.build(spec, target, self.cache_dir, replaces=stale)
 
     @staticmethod
-    def build(spec: Specialization, target: Target, out_dir: Path) -> Path:
+    def build(spec: Specialization, target: Target, out_dir: Path, replaces=()) -> Path:
+        """Compiles ``spec`` for ``target`` into ``out_dir``; logs one line with the time it took
+        (and, in ``replaces``, why existing candidates were rejected)."""
+        start = time.perf_counter()
         vmfb = compiler.compile_to_bytes(spec, target)
+        seconds = time.perf_counter() - start
         path = Path(out_dir) / artifact_name(spec, target)
         record = ArtifactRecord(
             file=path.name,
@@ -136,13 +227,107 @@ class ArtifactStore:
         )
         # Bytes first, record second: a record never vouches for bytes not yet in place.
         atomic_write(path, vmfb)
-        atomic_write(path.with_name(path.name + ".json"), json.dumps(asdict(record), indent=2).encode())
+        atomic_write(record_path(path), json.dumps(asdict(record), indent=2).encode())
+        log.info(
+            "compiled %s for %s in %.1f s -> %s%s", spec.stem, target.name, seconds, path,
+            f" (replacing: {'; '.join(replaces)})" if replaces else "",
+        )
         return path
 
 
-def write_manifest(out_dir: Path, paths: list[Path]) -> Path:
-    """Indexes the artifacts of a ``compile --out`` folder in ``manifest.json``."""
-    records = [asdict(ArtifactRecord.load(p.with_name(p.name + ".json"))) for p in sorted(paths)]
+@dataclass(frozen=True)
+class StoredArtifact:
+    """One artifact in a folder, for listing and pruning."""
+
+    path: Path  # the .vmfb (which may be missing when only its record is left)
+    size: int  # bytes of the .vmfb and its record
+    last_used: float  # modification time: when built, or last loaded from the cache
+    record: ArtifactRecord | None  # None: no readable record, so it can never be loaded
+
+    def unusable(self) -> str | None:
+        """Why no later load can use it, or None. (Any other mismatch shows only
+        against a given specialisation, when it is looked up.)"""
+        installed = compiler.compiler_version()
+        if self.record is None:
+            return "no readable record"
+        if not self.path.exists():
+            return "record only, its .vmfb is missing"
+        if installed is not None and self.record.compiler_version != installed:
+            return f"built by iree-base-compiler {self.record.compiler_version}, installed is {installed}"
+        return None
+
+    def purpose(self) -> str:
+        problem = self.unusable()
+        if self.record is None:
+            return f"unusable: {problem}"
+        return self.record.purpose() + (f" (unusable: {problem})" if problem else "")
+
+    def remove(self) -> None:
+        for path in (self.path, record_path(self.path)):
+            path.unlink(missing_ok=True)
+
+
+def stored_artifacts(folder: str | os.PathLike) -> list[StoredArtifact]:
+    """The artifacts in ``folder`` (a cache or a ``compile --out`` folder), least recently used first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = {p.name for p in folder.glob("*.vmfb")}
+    names |= {p.name[: -len(RECORD_SUFFIX)] for p in folder.glob("*.vmfb" + RECORD_SUFFIX)}
+    found = []
+    for name in names:
+        files = [p for p in (folder / name, record_path(folder / name)) if p.exists()]
+        stats = [p.stat() for p in files]
+        found.append(StoredArtifact(
+            folder / name,
+            sum(s.st_size for s in stats),
+            max(s.st_mtime for s in stats),
+            ArtifactRecord.load(record_path(folder / name)),
+        ))
+    return sorted(found, key=lambda a: (a.last_used, a.path.name))
+
+
+def _remove_abandoned_temporaries(folder: Path, now: float) -> None:
+    """Removes atomic_write's temporary files left by killed processes. A
+    builder holds one for about a second, so an hour-old one was abandoned."""
+    for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
+        if temporary.stat().st_mtime < now - 3600:
+            temporary.unlink(missing_ok=True)
+
+
+def clear(folder: str | os.PathLike) -> list[StoredArtifact]:
+    """Removes every artifact (and abandoned temporary file) from ``folder``; returns the artifacts removed."""
+    removed = stored_artifacts(folder)
+    for artifact in removed:
+        artifact.remove()
+    _remove_abandoned_temporaries(Path(folder), time.time())
+    return removed
+
+
+def prune(folder: str | os.PathLike, *, max_bytes: int | None = None, older_than_s: float | None = None,
+          now: float | None = None) -> list[StoredArtifact]:
+    """Removes unusable artifacts (``StoredArtifact.unusable``), those unused for
+    ``older_than_s`` seconds, then the least recently used until the rest fit in
+    ``max_bytes``; returns those removed."""
+    now = time.time() if now is None else now
+    kept, removed = [], []
+    for artifact in stored_artifacts(folder):
+        unused = older_than_s is not None and artifact.last_used < now - older_than_s
+        (removed if unused or artifact.unusable() else kept).append(artifact)
+    if max_bytes is not None:
+        while kept and sum(a.size for a in kept) > max_bytes:
+            removed.append(kept.pop(0))  # least recently used first
+    for artifact in removed:
+        artifact.remove()
+    _remove_abandoned_temporaries(Path(folder), now)
+    return removed
+
+
+def write_manifest(out_dir: Path) -> Path:
+    """Indexes every artifact of a ``compile --out`` folder in ``manifest.json``,
+    those built by earlier runs included."""
+    records = [asdict(a.record) for a in sorted(stored_artifacts(out_dir), key=lambda a: a.path.name)
+               if a.unusable() is None]
     manifest = {
         "iree_compiler_version": compiler.compiler_version(),
         "artifacts": records,

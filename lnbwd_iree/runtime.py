@@ -7,8 +7,10 @@ trip. NumPy inputs are uploaded; call ``.to_host()`` on results to read them."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import weakref
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -181,6 +183,20 @@ def _signature(name: str, arrays) -> tuple | None:
     return tuple(key)
 
 
+# Every LayerNormKernels not yet garbage-collected.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def close_all() -> None:
+    """Closes every LayerNormKernels, so that their devices and modules are
+    released in order before interpreter teardown. Objects still referenced
+    then (by a traceback, a global, an exception kept by torch) would
+    otherwise be reported by nanobind as leaked at exit."""
+    for kernels in list(_LIVE):
+        kernels.close()
+
+
 class LayerNormKernels:
     """The LayerNorm kernels bound to one device.
 
@@ -225,6 +241,26 @@ class LayerNormKernels:
         self._timeline = self.device.create_semaphore(0)
         self._last_signal = 0
 
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        _LIVE.add(self)  # for close_all at exit
+        return self
+
+    def close(self) -> None:
+        """Waits for queued calls, then releases this object's IREE objects,
+        modules before the device. Later calls raise RuntimeError. Arrays the
+        caller holds keep their own buffers."""
+        if getattr(self, "_instance", None) is None:  # closed, or __init__ failed before opening
+            return
+        self.synchronize()
+        self._plans.clear()
+        self._entries.clear()
+        self._hal_module = self._instance = self._timeline = self.device = None
+
+    def _require_open(self) -> None:
+        if self.device is None:
+            raise RuntimeError(f"this LayerNormKernels ({self.driver}) was closed; make a new one")
+
     def specialization(self, kernel: Kernel, dtype: str, shape: tuple[int, int]) -> Specialization:
         """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
         key = (kernel.name, dtype, shape)
@@ -239,6 +275,7 @@ class LayerNormKernels:
 
     def entry(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]) -> _Entry:
         """Entry point ``name`` of ``kernel``'s artifact for [M, N] = ``shape``, loaded once."""
+        self._require_open()
         self.target.check_dtype(dtype)
         spec = self.specialization(kernel, dtype, shape)
         if (spec, name) not in self._entries:
@@ -253,6 +290,7 @@ class LayerNormKernels:
         return self._entries[(spec, name)]
 
     def _buffer(self, nbytes: int) -> ireert.HalBuffer:
+        self._require_open()
         return self.device.allocator.allocate_buffer(
             memory_type=ireert.MemoryType.DEVICE_LOCAL,
             allowed_usage=ireert.BufferUsage.DEFAULT,
@@ -333,6 +371,7 @@ class LayerNormKernels:
         """Uploads a NumPy array (C-contiguous copy) to this device."""
         if isinstance(array, ireert.DeviceArray):
             return array
+        self._require_open()
         return ireert.asdevicearray(self.device, np.ascontiguousarray(array), implicit_host_transfer=True)
 
     def empty(self, shape, dtype) -> ireert.DeviceArray:

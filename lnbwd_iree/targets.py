@@ -101,6 +101,12 @@ DRIVER_BACKEND = {
     "hip": "rocm",
     "vulkan": "vulkan-spirv",
 }
+LOCAL_TARGETS = {"llvm-cpu": LLVM_CPU_HOST, "vmvx": VMVX}
+# The backends whose artifacts each driver runs, its default first.
+DRIVER_BACKENDS = {
+    driver: (backend, "vmvx") if driver.startswith("local") else (backend,)
+    for driver, backend in DRIVER_BACKEND.items()
+}
 
 
 def target_for(driver: str, chip: str | None = None, backend: str | None = None) -> Target:
@@ -110,11 +116,19 @@ def target_for(driver: str, chip: str | None = None, backend: str | None = None)
     drivers); ``chip`` picks the GPU architecture (default: ``DEFAULT_CHIP``)."""
     if driver not in DRIVER_BACKEND:
         raise ValueError(f"unknown device driver {driver!r}; expected one of {sorted(DRIVER_BACKEND)}")
-    backend = backend or DRIVER_BACKEND[driver]
-    if backend in ("llvm-cpu", "vmvx"):
-        if driver not in ("local-task", "local-sync"):
-            raise ValueError(f"backend {backend!r} runs on local-task or local-sync, not {driver!r}")
-        return LLVM_CPU_HOST if backend == "llvm-cpu" else VMVX
-    if backend != DRIVER_BACKEND[driver]:
-        raise ValueError(f"driver {driver!r} runs backend {DRIVER_BACKEND[driver]!r}, not {backend!r}")
+    runnable = DRIVER_BACKENDS[driver]
+    backend = backend or runnable[0]
+    if backend not in runnable:
+        where = [d for d, backends in DRIVER_BACKENDS.items() if backend in backends]
+        problem = f"runs on {' or '.join(where)}, not {driver!r}" if where else "is unknown"
+        raise ValueError(f"backend {backend!r} {problem}; {driver!r} runs {' or '.join(runnable)}")
+    if backend in LOCAL_TARGETS:
+        target = LOCAL_TARGETS[backend]
+        if chip not in (None, target.chip):
+            raise ValueError(
+                f"chip={chip!r} does not apply to {driver!r}: {target.name} builds for "
+                + ("the CPU it is compiled on" if backend == "llvm-cpu" else "IREE's portable VM")
+                + "; chip names a GPU architecture for cuda or hip"
+            )
+        return target
     return Target(backend, chip or DEFAULT_CHIP[driver], (driver,))

@@ -1,13 +1,17 @@
-"""The artifact cache: keyed records, stale and corrupt artifacts rebuilt, atomic writes."""
+"""The artifact cache: keyed records, stale and corrupt artifacts rebuilt with reasons, atomic writes, pruning."""
 
 import json
+import logging
+import os
+import re
 import threading
+import time
 
 import pytest
 
-from lnbwd_iree import cache, compiler
+from lnbwd_iree import cache, compiler, targets
 from lnbwd_iree.kernels import LAYERNORM_FORWARD, Specialization
-from lnbwd_iree.targets import VMVX
+from lnbwd_iree.targets import LLVM_CPU_HOST, VMVX
 
 SPEC = Specialization(LAYERNORM_FORWARD, "f32")
 
@@ -91,3 +95,136 @@ def test_compile_error_shows_numbered_source(monkeypatch):
     monkeypatch.setattr(Specialization, "source", lambda self, target: "func.func @f() {\n  bogus.op\n}\n")
     with pytest.raises(compiler.CompilationError, match=r"(?s)iree-compile failed on .*   2:   bogus.op"):
         compiler.compile_to_bytes(SPEC, VMVX)
+
+
+def runtime_only(monkeypatch):
+    monkeypatch.setattr(compiler, "compiler_version", lambda: None)
+
+
+def test_runtime_only_error_lists_every_folder_and_why(tmp_path, monkeypatch):
+    empty, wrong_target, corrupt = (tmp_path / name for name in ("empty", "wrong_target", "corrupt"))
+    empty.mkdir()
+    cache.ArtifactStore.build(SPEC, LLVM_CPU_HOST, wrong_target)
+    path = cache.ArtifactStore.build(SPEC, VMVX, corrupt)
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    runtime_only(monkeypatch)
+    store = cache.ArtifactStore(tmp_path / "cache", [empty, wrong_target, corrupt])
+    with pytest.raises(cache.ArtifactNotFoundError) as raised:
+        store.get(SPEC, VMVX)
+    message = str(raised.value)
+    assert "iree-base-compiler is not installed" in message
+    assert f"{empty}: absent\n" in message
+    assert f"{wrong_target}: absent (the folder has only layernorm_forward_DxDxf32_llvm-cpu-host.vmfb)" in message
+    assert f"{corrupt}: corrupt: its bytes do not match" in message
+    assert f"{tmp_path / 'cache'}: absent" in message
+    assert "lnbwd-iree compile --out DIR --target vmvx-generic --dtype f32`" in message
+
+
+def host_artifact_of_another_cpu(tmp_path, monkeypatch):
+    path = cache.ArtifactStore.build(SPEC, LLVM_CPU_HOST, tmp_path)
+    monkeypatch.setattr(targets, "host_cpu_fingerprint", lambda: "another-cpu")
+    return path
+
+
+def test_host_artifact_from_another_cpu_is_named_as_such(tmp_path, monkeypatch):
+    path = host_artifact_of_another_cpu(tmp_path, monkeypatch)
+    with pytest.raises(cache.RejectedArtifact, match="built for another host CPU"):
+        cache.check_artifact(path, SPEC, LLVM_CPU_HOST)
+
+
+def edit_record(path, **fields):
+    record = record_of(path)
+    record.update(fields)
+    cache.record_path(path).write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda p: edit_record(p, compiler_version="3.12.0"), "built by iree-base-compiler 3.12.0; installed is 3"),
+    (lambda p: edit_record(p, target_identity="cuda-sm_80"), "built for target cuda-sm_80, not vmvx-generic"),
+    (lambda p: edit_record(p, source_sha256="0" * 64), "built from other MLIR source"),
+    (lambda p: cache.record_path(p).write_text("{not json"), "its record is corrupt"),
+    (lambda p: cache.record_path(p).unlink(), "its record layernorm_forward_DxDxf32_vmvx-generic.vmfb.json is missing"),
+    (lambda p: (p.unlink(), p.mkdir()), "unreadable"),
+])
+def test_each_rejection_says_why(store, change, reason):
+    path = store.get(SPEC, VMVX)
+    change(path)
+    with pytest.raises(cache.RejectedArtifact, match=reason):
+        cache.check_artifact(path, SPEC, VMVX)
+
+
+def test_a_missing_artifact_folder_is_an_error(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="artifact_dir .*nowhere does not exist"):
+        cache.ArtifactStore(tmp_path / "cache", [tmp_path / "nowhere"])
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(cache.ARTIFACTS_ENV, str(tmp_path / "file"))
+    with pytest.raises(FileNotFoundError, match=f"{cache.ARTIFACTS_ENV} .*file is not a folder"):
+        cache.ArtifactStore(tmp_path / "cache")
+
+
+def test_each_compile_logs_one_line_with_its_time(store, caplog):
+    caplog.set_level(logging.INFO, logger="lnbwd_iree")
+    path = store.get(SPEC, VMVX)
+    store.get(SPEC, VMVX)  # found: no second compile
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and re.fullmatch(rf"compiled layernorm_forward_DxDxf32 for vmvx-generic in \d+\.\d s -> {path}", messages[0])
+
+
+def test_a_rejected_artifact_rebuilt_says_why(store, caplog):
+    path = store.get(SPEC, VMVX)
+    edit_record(path, source_sha256="0" * 64)
+    caplog.set_level(logging.INFO, logger="lnbwd_iree")
+    store.get(SPEC, VMVX)
+    assert "(replacing: " in caplog.text and "built from other MLIR source" in caplog.text
+
+
+def test_unexpected_compiler_diagnostics_are_warnings_expected_ones_debug(caplog):
+    caplog.set_level(logging.DEBUG, logger="lnbwd_iree")
+    stderr = (
+        "<stdin>:263:23: warning: tiling is not thread safe at axis #3\n    %block_partials = linalg.generic {\n"
+        "<stdin>:44:26: note: called from\n"
+        "<stdin>:9:1: warning: something new\n  func.func @f()\n"
+    )
+    compiler.report_diagnostics(stderr, "x for y")
+    levels = [(r.levelno, r.getMessage().splitlines()[0]) for r in caplog.records]
+    assert levels == [
+        (logging.DEBUG, "iree-compile on x for y: <stdin>:263:23: warning: tiling is not thread safe at axis #3"),
+        (logging.WARNING, "iree-compile on x for y: <stdin>:9:1: warning: something new"),
+    ]
+    assert "note: called from" in caplog.records[0].getMessage()
+
+
+def age(path, days):
+    when = path.stat().st_mtime - days * 86400
+    for p in (path, cache.record_path(path)):
+        os.utime(p, (when, when))
+
+
+def test_prune_by_size_removes_least_recently_used_first(tmp_path):
+    paths = [cache.ArtifactStore.build(Specialization(LAYERNORM_FORWARD, "f32", m, 8), VMVX, tmp_path) for m in (1, 2, 3)]
+    for days, path in zip((1, 3, 2), paths):
+        age(path, days)
+    sizes = {a.path: a.size for a in cache.stored_artifacts(tmp_path)}
+    removed = cache.prune(tmp_path, max_bytes=sizes[paths[0]] + sizes[paths[2]])
+    assert [a.path for a in removed] == [paths[1]]
+    assert [a.path for a in cache.stored_artifacts(tmp_path)] == [paths[2], paths[0]]
+
+
+def test_prune_removes_unusable_and_abandoned_files(tmp_path):
+    kept = cache.ArtifactStore.build(SPEC, VMVX, tmp_path)
+    (tmp_path / "orphan.vmfb").write_bytes(b"no record")
+    stale = cache.ArtifactStore.build(Specialization(LAYERNORM_FORWARD, "f32", 2, 8), VMVX, tmp_path)
+    edit_record(stale, compiler_version="3.12.0")
+    abandoned, fresh = tmp_path / ".x.vmfb.1.tmp", tmp_path / ".y.vmfb.2.tmp"
+    abandoned.write_bytes(b""), fresh.write_bytes(b"")
+    os.utime(abandoned, (0, 0))
+    removed = cache.prune(tmp_path, older_than_s=86400)
+    assert {a.path.name for a in removed} == {"orphan.vmfb", stale.name}
+    assert kept.exists() and fresh.exists() and not abandoned.exists()
+
+
+def test_a_cache_hit_marks_the_artifact_used(store):
+    path = store.get(SPEC, VMVX)
+    age(path, 10)
+    assert store.find(SPEC, VMVX) == path
+    assert time.time() - path.stat().st_mtime < 60

@@ -1,22 +1,76 @@
-"""The lnbwd-iree command line: run, compile, info."""
+"""The lnbwd-iree command line: run, compile, cache, info, help and errors."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
-from lnbwd_iree.cli import main
+from lnbwd_iree import cache
+from lnbwd_iree.cli import driver_problem, main
+from lnbwd_iree.kernels import LAYERNORM_FORWARD, Specialization
+from lnbwd_iree.runtime import LayerNormKernels
+from lnbwd_iree.targets import VMVX
+
+
+@pytest.fixture(autouse=True)
+def session_cache(cache_dir, monkeypatch):
+    """Artifacts go to the test session's cache, not the user's."""
+    monkeypatch.setenv(cache.CACHE_ENV, cache_dir)
 
 
 def test_run_verifies_and_times(capsys):
     assert main(["run", "1", "2", "1", "--m", "64", "--n", "200", "--dtype", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "PASS" in out and "FAIL" not in out
-    assert "us," in out and "GB/s" in out
+    timing = next(line for line in out.splitlines() if "median" in line)
+    assert "backward" in timing and "min" in timing and "max" in timing and "GB/s effective" in timing
+    assert "preallocated outputs" in out and "input set(s) rotated" in out
+
+
+def test_run_timing_allocates_no_outputs_inside_the_timed_calls(monkeypatch, capsys):
+    allocations = []
+    allocate = LayerNormKernels.allocate
+    monkeypatch.setattr(LayerNormKernels, "allocate", lambda self, *a: allocations.append(a) or allocate(self, *a))
+    assert main(["run", "0", "2", "1", "--m", "64", "--n", "128"]) == 0
+    # The forward's y, mean, rstd; the backward writes into buffers made before timing.
+    assert len(allocations) == 3, allocations
 
 
 def test_run_with_no_arguments_uses_the_host_cpu(capsys):
     assert main([]) == 0
     assert "target=llvm-cpu-host" in capsys.readouterr().out
+
+
+def test_options_alone_run_the_example(capsys):
+    assert main(["--m", "64", "--n", "16"]) == 0
+    assert "M=64 N=16" in capsys.readouterr().out
+
+
+def test_run_with_no_rows_says_what_it_did(capsys):
+    assert main(["run", "1", "2", "1", "--m", "0", "--n", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "M=0: an empty batch" in out and "nothing to time" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--m", "100000000000"], "out of memory"),
+    (["run", "--artifact-dir", "/nonexistent/artifacts"], "artifact_dir /nonexistent/artifacts does not exist"),
+    (["run", "--chip", "sm_80"], "chip='sm_80' does not apply to 'local-task'"),
+    (["cache", "prune"], "needs --max-size and/or --older-than"),
+])
+def test_errors_are_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("lnbwd-iree: error: ") and err.count("\n") == 1, err
+
+
+def test_compile_to_a_file_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["compile", "--out", str(tmp_path / "file"), "--target", "vmvx-generic"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
 
 
 def test_compile_writes_artifacts_and_manifest(tmp_path, capsys):
@@ -34,17 +88,105 @@ def test_compile_writes_artifacts_and_manifest(tmp_path, capsys):
     assert {a["chip"] for a in manifest["artifacts"]} == {"generic"}
 
 
-def test_compile_rejects_unknown_target(tmp_path):
-    with pytest.raises(SystemExit, match="unknown target"):
+def test_compile_again_keeps_earlier_artifacts_in_the_manifest_and_builds_a_shape_once(tmp_path, capsys):
+    out = str(tmp_path)
+    assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--shape", "8x16", "--shape", "8x16"]) == 0
+    assert "built 4, 0 already up to date" in capsys.readouterr().out  # dynamic + 8x16, forward and backward
+    # 4x16 needs a new backward only: the forward's artifact is per N (Dx16), already built.
+    assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--shape", "4x16"]) == 0
+    assert "built 1, 3 already up to date" in capsys.readouterr().out
+    files = [a["file"] for a in json.loads((tmp_path / "manifest.json").read_text())["artifacts"]]
+    assert len(files) == len(set(files)) == 5
+    assert "layernorm_backward_8x16xf32_vmvx-generic.vmfb" in files and "layernorm_backward_4x16xf32_vmvx-generic.vmfb" in files
+
+
+def test_compile_rejects_unknown_target(tmp_path, capsys):
+    with pytest.raises(SystemExit):
         main(["compile", "--out", str(tmp_path), "--target", "rocm-gfx000"])
+    assert "invalid choice: 'rocm-gfx000'" in capsys.readouterr().err
+
+
+def test_gpu_compile_prints_its_time_not_expected_compiler_warnings(tmp_path):
+    # 8192x4096 f32 on CUDA takes the row-block schedule, about whose row loop
+    # iree-compile warns "tiling is not thread safe" (docs/design.md).
+    done = subprocess.run(
+        [sys.executable, "-m", "lnbwd_iree", "compile", "--out", str(tmp_path), "--target", "cuda-sm_80",
+         "--dtype", "f32", "--shape", "8192x4096"],
+        capture_output=True, text=True, env={**os.environ, cache.CACHE_ENV: str(tmp_path / "cache")},
+    )
+    assert done.returncode == 0, done.stderr
+    compiled = [line for line in done.stderr.splitlines() if line.startswith("lnbwd-iree: compiled ")]
+    assert len(compiled) == 4 and all(" for cuda-sm_80 in " in line and " s -> " in line for line in compiled)
+    assert "thread safe" not in done.stderr and len(done.stderr.splitlines()) == 4, done.stderr
 
 
 def test_bad_device_is_reported_not_raised(capsys):
-    assert main(["run", "--device", "tpu"]) == 2
-    assert "unknown device driver 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_help_names_arguments_defaults_choices_and_columns(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--help"])
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "[verify] [init] [time]" in help_text and "{0,1}" not in help_text
+    assert "(default: 1024)" in help_text and "{cuda,hip,local-sync,local-task,vulkan}" in help_text
+    assert "{llvm-cpu,vmvx}" in help_text and "effective GB/s" in help_text and "% of copy" in help_text
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    assert "rocm-gfx942" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "cache" in top
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("lnbwd-iree 0.1.0 (iree-base-runtime 3.13.0, iree-base-compiler ")
 
 
 def test_info_lists_versions_and_drivers(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "iree-base-runtime 3.13.0" in out and "driver local-task" in out
+    assert re.search(r"cache folder .*: \d+ artifacts, ", out)
+
+
+def test_driver_errors_are_shown_whole_without_source_location():
+    error = RuntimeError(
+        "Error creating driver: c/runtime/src/iree/hal/drivers/hip/dynamic_symbols.c:155: UNAVAILABLE; HIP runtime "
+        "library 'libamdhip64.so' not available: please ensure installed and in dynamic library search path: \n"
+        "  Tried: libamdhip64.so\n    c/runtime/src/iree/base/internal/dynamic_library_posix.c:165: NOT_FOUND"
+    )
+    assert driver_problem(error) == (
+        "UNAVAILABLE; HIP runtime library 'libamdhip64.so' not available: please ensure installed and in "
+        "dynamic library search path"
+    )
+
+
+def test_cache_list_prune_and_clear(tmp_path, capsys):
+    folder = tmp_path / "cache"
+    old = cache.ArtifactStore.build(Specialization(LAYERNORM_FORWARD, "f32", 8, 16), VMVX, folder)
+    new = cache.ArtifactStore.build(Specialization(LAYERNORM_FORWARD, "f32", 4, 16), VMVX, folder)
+    (folder / "notes.txt").write_text("not an artifact")
+    week_ago = old.stat().st_mtime - 7 * 86400
+    for path in (old, cache.record_path(old)):
+        os.utime(path, (week_ago, week_ago))
+
+    assert main(["cache", "list", "--dir", str(folder)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{folder}: 2 artifacts" in listing
+    assert "layernorm_forward f32 8x16 on vmvx-generic" in listing and "KiB" in listing
+
+    assert main(["cache", "prune", "--older-than", "3d", "--dir", str(folder)]) == 0
+    assert "removed 1 artifacts" in capsys.readouterr().out
+    assert not old.exists() and new.exists()
+
+    assert main(["cache", "clear", "--dir", str(folder)]) == 0
+    assert "removed 1 artifacts" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
