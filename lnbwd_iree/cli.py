@@ -112,8 +112,8 @@ def cmd_compile(args) -> int:
                 print(f"skip {target.name} {dtype}: {targets.UNSUPPORTED_DTYPES[target.backend, dtype]}")
                 continue
             for kernel in KERNELS:
-                for m, n in shapes:
-                    spec = Specialization(kernel, dtype, m, n)
+                # Shapes that share N share a per-N kernel's artifact.
+                for spec in dict.fromkeys(Specialization.serving(kernel, dtype, m, n) for m, n in shapes):
                     try:
                         cache.check_artifact(out / cache.artifact_name(spec, target), spec, target)
                         up_to_date += 1

@@ -380,7 +380,7 @@ class LayerNormKernels:
         """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
         key = (kernel.name, dtype, shape)
         if key not in self._specs:
-            static, dynamic = Specialization(kernel, dtype, *shape), Specialization(kernel, dtype)
+            static, dynamic = Specialization.serving(kernel, dtype, *shape), Specialization(kernel, dtype)
             if self.static_shapes is None:
                 obtainable = compiler.compiler_version() is not None or self.store.find(static, self.target)
                 self._specs[key] = static if obtainable else dynamic

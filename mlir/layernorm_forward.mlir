@@ -25,7 +25,7 @@ func.func @layernorm_forward(
   %y = linalg.generic {
       indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (j)>, affine_map<(i, j) -> (j)>,
                        affine_map<(i, j) -> (i)>, affine_map<(i, j) -> (i)>, affine_map<(i, j) -> (i, j)>],
-      iterator_types = ["parallel", "parallel"]}
+      iterator_types = ["parallel", "parallel"]{FORWARD_Y_CONFIG}}
       ins(%x, %gamma, %beta, %mean, %rstd : tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>)
       outs(%y_init : tensor<?x?x{T}>) {
   ^bb0(%x_s: {T}, %gamma_s: {T}, %beta_s: {T}, %mean_s: {A}, %rstd_s: {A}, %out: {T}):

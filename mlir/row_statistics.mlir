@@ -23,7 +23,7 @@ func.func private @row_statistics(%x_arg: tensor<{M}x{N}x{T}>, %eps: f32)
   %pivot = tensor.collapse_shape %first_column [[0, 1]] : tensor<?x1x{T}> into tensor<?x{T}>
   %shifted_sum = linalg.generic {
       indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (i)>, affine_map<(i, j) -> (i)>],
-      iterator_types = ["parallel", "reduction"]}
+      iterator_types = ["parallel", "reduction"]{STATS_SUM_CONFIG}}
       ins(%x, %pivot : tensor<?x?x{T}>, tensor<?x{T}>) outs(%row_zero : tensor<?x{A}>) {
   ^bb0(%x_s: {T}, %pivot_s: {T}, %acc: {A}):
     %x_w = widen %x_s
@@ -45,7 +45,7 @@ func.func private @row_statistics(%x_arg: tensor<{M}x{N}x{T}>, %eps: f32)
 
   %row_sq_sum = linalg.generic {
       indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (i)>, affine_map<(i, j) -> (i)>],
-      iterator_types = ["parallel", "reduction"]}
+      iterator_types = ["parallel", "reduction"]{STATS_ROOT_CONFIG}}
       ins(%x, %mean : tensor<?x?x{T}>, tensor<?x{A}>) outs(%row_zero : tensor<?x{A}>) {
   ^bb0(%x_s: {T}, %mean_s: {A}, %acc: {A}):
     %x_w = widen %x_s

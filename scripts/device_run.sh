@@ -4,8 +4,10 @@
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
 # Usage: scripts/device_run.sh [tests] [bench DTYPE...]
 set -uo pipefail
+# --upgrade on both installs: a warm machine keeps /tmp/site from an earlier
+# call (another checkout's lnbwd_iree), which pip --target would otherwise keep.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 export LNBWD_IREE_ARTIFACTS=$PWD/.device/artifacts LNBWD_IREE_CACHE=/tmp/lnbwd-cache
 OUT=${OUT:-/tmp/out}

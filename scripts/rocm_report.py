@@ -17,11 +17,11 @@ from lnbwd_iree.targets import ROCM_CHIPS, Target
 SHAPES = [(8192, 4096), (32768, 1024), (16384, 8192), (4096, 16384), (65536, 768), (1024, 512), (4096, 1024)]
 
 jobs = [
-    (Specialization(kernel, dtype, *shape), Target("rocm", chip, ("hip",)))
+    (spec, Target("rocm", chip, ("hip",)))
     for chip in ROCM_CHIPS
     for kernel in KERNELS
     for dtype in DTYPES
-    for shape in [(None, None), *SHAPES]
+    for spec in dict.fromkeys(Specialization.serving(kernel, dtype, *shape) for shape in [(None, None), *SHAPES])
 ]
 with ThreadPoolExecutor(2) as pool:
     rows = [row for rows in pool.map(lambda job: report_rows(*job), jobs) for row in rows]

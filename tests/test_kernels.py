@@ -180,6 +180,57 @@ def test_one_pass_artifacts(kernels, rng, dtype, shape, cache_dir):
     check_static_artifact(kernels, rng, dtype, shape, cache_dir)
 
 
+def check_static_forward(kernels, rng, dtype, shape, cache_dir, offset=0.0, tolerances=None):
+    """Runs the shape-specialised forward (per N: it serves any M) with all
+    three outputs poisoned (NaN) first, against the float64 reference."""
+    target = kernels.target
+    static = LayerNormKernels(
+        kernels.driver, backend=target.backend, chip=target.chip, cache_dir=cache_dir, static_shapes=True
+    )
+    skip_unsupported(static, dtype)
+    _, x, gamma, beta = random_problem(rng, shape, dtype, offset=offset)
+    want = forward_reference(x, gamma, beta)
+    stats = STATS_DTYPES[dtype]
+    out = tuple(
+        static.to_device(np.full(s, np.nan, d)) for s, d in ((shape, DTYPES[dtype]), (shape[:-1], stats), (shape[:-1], stats))
+    )
+    got = host(static.forward(x, gamma, beta, out=out))
+    for name, g, w, tol in zip(("y", "mean", "rstd"), got, want, tolerances or (TOLERANCE[dtype], 1e-5, 1e-5)):
+        assert np.isfinite(np.asarray(g, np.float64)).all(), f"{name} has unwritten elements"
+        assert_close(name, g, w, tol)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [("f32", (1024, 512)), ("bf16", (1024, 512)), ("f32", (96, 1000)), ("bf16", (3, 7, 768))],
+    ids=str,
+)
+def test_static_forward_artifacts(kernels, rng, dtype, shape, cache_dir):
+    """Per-N forward artifacts: the hand-set schedule on GPUs where N fills
+    whole subgroup steps (512, 768), IREE's choice elsewhere (N = 1000, CPUs)."""
+    check_static_forward(kernels, rng, dtype, shape, cache_dir)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [(dtype, shape) for dtype in ("f32", "bf16")
+     for shape in ((8192, 4096), (32768, 1024), (16384, 8192), (4096, 16384), (65536, 768), (8, 65536))],
+    ids=str,
+)
+def test_forward_row_in_registers_artifacts(kernels, rng, dtype, shape, cache_dir):
+    """The shipped GPU forward schedules of the large benchmark shapes, and a
+    row too long to hold in registers (f32 N = 65536 walks it in steps)."""
+    if not kernels.target.is_gpu:
+        pytest.skip("the forward schedule is set for GPU targets only")
+    check_static_forward(kernels, rng, dtype, shape, cache_dir)
+
+
+def test_static_forward_on_a_large_common_offset(kernels, rng, cache_dir):
+    """The per-N forward keeps the pivot-shifted mean and the centred variance
+    (bounds as in test_large_common_offset_stays_accurate_in_f32)."""
+    check_static_forward(kernels, rng, "f32", (64, 4096), cache_dir, offset=1e4, tolerances=(5e-4, 1e-5, 1e-4))
+
+
 def test_repeated_calls_on_device_arrays(kernels, rng):
     """Calls that repeat a signature skip validation: each must still see its
     own inputs, eps and outputs, with batch dims viewed as rows, whether the

@@ -19,6 +19,9 @@ GFX942 = Target("rocm", "gfx942", ("hip",))
         Specialization(LAYERNORM_BACKWARD, "f16", 65536, 768),
         Specialization(LAYERNORM_BACKWARD, "f32"),
         Specialization(LAYERNORM_FORWARD, "bf16"),
+        # The forward's widest register-held rows (16384 elements) and a row walked in steps.
+        Specialization(LAYERNORM_FORWARD, "f32", None, 16384),
+        Specialization(LAYERNORM_FORWARD, "bf16", None, 65536),
     ],
     ids=lambda s: s.stem,
 )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lnbwd_iree.kernels import LAYERNORM_BACKWARD, Specialization
+from lnbwd_iree.kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Specialization
 from lnbwd_iree.targets import Target, target_for
 
 CUDA = target_for("cuda", "sm_80")
@@ -77,3 +77,55 @@ def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, per
     source = Specialization(LAYERNORM_BACKWARD, dtype, *shape).source(target)
     assert ("%dgamma_parts = tensor.extract_slice %partials" in source) == per_result
     assert ("%col_sums = linalg.generic" in source) == (not per_result)
+
+
+@pytest.mark.parametrize(
+    "dtype, n, target, expected",
+    [
+        # (subgroups, step, rows): four 16-byte vectors of the row per thread, the whole row per step.
+        ("f32", 4096, CUDA, (8, 4096, 1)),
+        ("bf16", 4096, CUDA, (4, 4096, 1)),
+        ("f32", 16384, CUDA, (32, 16384, 1)),
+        ("f32", 768, CUDA, (1, 768, 1)),
+        ("f32", 4096, GFX942, (4, 4096, 1)),
+        # Rows over 16384 elements: steps of at most 16384 columns.
+        ("f32", 65536, CUDA, (32, 16384, 1)),
+        ("bf16", 65536, CUDA, (32, 16384, 1)),
+        ("bf16", 65536, GFX942, (16, 16384, 1)),
+        ("f32", 24576, CUDA, (32, 12288, 1)),
+        # N must fill whole subgroup steps (wave64 x 8 bf16 = 512 does not divide 768);
+        # CPUs and dynamic N keep IREE's choice.
+        ("bf16", 768, GFX942, None),
+        ("f32", 1000, CUDA, None),
+        ("f32", 4096, CPU, None),
+        ("f32", None, CUDA, None),
+    ],
+    ids=str,
+)
+def test_forward_schedule_holds_rows_in_registers(dtype, n, target, expected):
+    spec = Specialization(LAYERNORM_FORWARD, dtype, None, n)
+    assert spec.forward_schedule(target) == expected
+    source = spec.source(target)
+    assert ("compilation_info" in source) == (expected is not None)
+    if expected is not None:
+        subgroups, step, _ = expected
+        lanes = 64 if target.chip.startswith("gfx9") else 32
+        assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
+        assert source.count(f"partial_reduction = [0, {step}]") == 2
+        assert f"serial = [0, {step}]" in source
+
+
+def test_forward_artifacts_serve_every_m_and_the_backward_stays_per_shape():
+    forward = Specialization.serving(LAYERNORM_FORWARD, "bf16", 8192, 4096)
+    assert (forward.m, forward.n, forward.signature) == (None, 4096, "Dx4096xbf16")
+    backward = Specialization.serving(LAYERNORM_BACKWARD, "bf16", 8192, 4096)
+    assert (backward.m, backward.n) == (8192, 4096)
+    assert Specialization.serving(LAYERNORM_FORWARD, "f32", None, None) == Specialization(LAYERNORM_FORWARD, "f32")
+
+
+def test_forward_schedule_leaves_the_backward_statistics_to_iree():
+    """row_statistics.mlir is shared: its schedule fields stay empty in the
+    backward's recompute entry, whose dispatch has its own schedule."""
+    source = Specialization(LAYERNORM_BACKWARD, "f32", 8192, 4096).source(CUDA)
+    assert 'iterator_types = ["parallel", "reduction"]}\n      ins(%x, %pivot' in source
+    assert 'iterator_types = ["parallel", "reduction"]}\n      ins(%x, %mean :' in source
