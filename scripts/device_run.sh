@@ -2,7 +2,9 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [bench DTYPE...]
+# Usage: scripts/device_run.sh [tests] [fair] [bench DTYPE...]
+#   fair: the full bench (every peer, backward and forward) on the seven shapes,
+#   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png}.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
@@ -19,6 +21,14 @@ for step in "$@"; do
     tests)
       LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests" \
         -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
+    fair)
+      # The Liger wheel in .whl was installed above; its torch and triton are the machine's.
+      for dtype in f32 bf16; do
+        python3 -m lnbwd_iree bench --device cuda --op both --dtype "$dtype" \
+          --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
+          --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$dtype.json" --force 2>&1 \
+          | tee -a "$OUT/bench_cuda.log"
+      done ;;
     quick-f32|quick-bf16)
       python3 -m lnbwd_iree bench --device cuda --dtype "${step#quick-}" --impl iree_static --impl torch_eager \
         --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
