@@ -7,7 +7,8 @@
 #   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png}.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
+# --upgrade: a warm machine may hold another checkout's install in /tmp/site.
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 export LNBWD_IREE_ARTIFACTS=$PWD/.device/artifacts LNBWD_IREE_CACHE=/tmp/lnbwd-cache
 OUT=${OUT:-/tmp/out}
