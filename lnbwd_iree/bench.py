@@ -8,10 +8,11 @@ are on the device before timing. Each implementation gets its own copies of
 the per-call row inputs (dY and X for the backward, X for the forward), as
 many sets as make them together exceed twice the L2 cache, and the calls
 rotate among them, so no call finds its inputs in cache from the last.
-After warm-up, a trial queues back-to-back calls (at least one per set) and
-synchronises once; time per call = trial wall time / calls; the reported
-time is the median over trials. The copy bandwidth is measured in the same
-run. GB/s counts the bytes that must move (``bytes_moved``)."""
+After a warm-up of each, a trial queues back-to-back calls (at least one per
+set) and synchronises once; time per call = trial wall time / calls; the
+implementations of a case take turns trial by trial (``time_interleaved``);
+the reported time is the median over trials. The copy bandwidth is measured
+in the same run. GB/s counts the bytes that must move (``bytes_moved``)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ L2_BYTES_DEFAULT = 64 << 20
 MAX_INPUT_SETS = 4096
 EPS = 1e-5
 TRIALS = 15
+# Calls before the trials, long enough for a GPU to leave its idle clocks.
+WARMUP_S = 0.1
 
 
 def bytes_moved(m: int, n: int, dtype: str, op: str = "backward") -> int:
@@ -76,24 +79,39 @@ def parse_shape(text: str) -> tuple[int, int]:
     return m, n
 
 
-def time_calls(call, synchronize, n_sets: int, min_trial_s=0.02, trials=TRIALS) -> float:
-    """Median seconds per call, see the module docstring. ``call(i)`` runs on input set ``i``."""
-    for i in range(3):
-        call(i % n_sets)
-    synchronize()
-    start = time.perf_counter()
-    call(0)
-    synchronize()
-    once = max(time.perf_counter() - start, 1e-6)
-    calls = max(n_sets, min(2000, math.ceil(min_trial_s / once)))
-    samples = []
-    for _ in range(trials):
-        start = time.perf_counter()
-        for i in range(calls):
+def time_interleaved(timed, n_sets: int, min_trial_s=0.02, trials=TRIALS, warmup_s=WARMUP_S) -> list[list[float]]:
+    """Seconds per call of each ``(call, synchronize)`` in ``timed``, one
+    sample per trial (see the module docstring). ``call(i)`` runs on input set
+    ``i``. Each one is warmed up for ``warmup_s``; then trial t of every one
+    runs before trial t + 1 of any, so a drift of the device's clocks over
+    the run is shared by all of them instead of falling on whichever comes first."""
+    counts = []
+    for call, synchronize in timed:
+        for i in range(3):  # the first calls may compile or load
             call(i % n_sets)
         synchronize()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
+        # Synchronised calls, so that no queue of slow calls builds up behind the clock.
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < warmup_s:
+            call(calls % n_sets)
+            synchronize()
+            calls += 1
+        once = max((time.perf_counter() - start) / max(calls, 1), 1e-7)
+        counts.append(max(n_sets, min(2000, math.ceil(min_trial_s / once))))
+    samples = [[] for _ in timed]
+    for _ in range(trials):
+        for (call, synchronize), calls, mine in zip(timed, counts, samples):
+            start = time.perf_counter()
+            for i in range(calls):
+                call(i % n_sets)
+            synchronize()
+            mine.append((time.perf_counter() - start) / calls)
+    return samples
+
+
+def time_calls(call, synchronize, n_sets: int, min_trial_s=0.02, trials=TRIALS) -> float:
+    """Median seconds per call of one implementation (``time_interleaved``)."""
+    return statistics.median(time_interleaved([(call, synchronize)], n_sets, min_trial_s, trials)[0])
 
 
 def make_inputs(rng, m, n, dtype):
@@ -138,6 +156,7 @@ class Candidate:
     call: Callable[[int], object]
     check: Callable[[], list]
     synchronize: Callable[[], None]
+    setup_s: float | None = None  # compile time, where the first call compiles
 
 
 def numpy_backward(dy, x, gamma, mean, rstd):
@@ -276,21 +295,21 @@ class TorchPeers:
     def compiled(self, case: Case):
         """torch.compile per shape and dtype: dynamic=False after torch._dynamo.reset()
         (one function compiled for several shapes would be recompiled with dynamic
-        shapes). Yields each variant compiled just before it is checked and timed:
-        a reset drops what was compiled before it."""
+        shapes). The variants are distinct functions, so each keeps its own
+        compiled code while all are timed together."""
         if case.op == "backward":
             variants = [("aten.native_layer_norm_backward", *self.aten_backward(case)),
                         ("explicit float32 math", self.math_backward, None)]
         else:
             variants = [("torch.native_layer_norm", self.aten_forward(case.n), None)]
+        self.torch._dynamo.reset()
         for what, fn, rest in variants:
-            self.torch._dynamo.reset()
             compiled = self.torch.compile(fn, dynamic=False)
             candidate = self.candidate(case, f"torch.compile per shape and dtype, dynamic=False, {what}", compiled, rest)
             start = time.perf_counter()
             candidate.call(0)  # compiles here, outside any timing
             self.synchronize()
-            candidate.build += f" (compiled in {time.perf_counter() - start:.1f} s)"
+            candidate.setup_s = time.perf_counter() - start
             yield candidate
 
 
@@ -456,39 +475,53 @@ class Bench:
             n_sets = input_sets(sum(a.nbytes for a in rows), self.l2_bytes)
             yield Case(op, dtype, m, n, rows, rest, want, n_sets)
 
-    def measure(self, case: Case, impl: str) -> dict:
-        """One record: the impl checked on the case, then timed if correct
-        (the faster of its candidates when it has several)."""
+    def measure(self, case: Case) -> list[dict]:
+        """One record per implementation: each checked on the case, then the
+        correct ones timed together (``time_interleaved``); an implementation
+        with several candidates reports its fastest."""
         moved = bytes_moved(case.m, case.n, case.dtype, case.op)
         set_bytes = sum(a.nbytes for a in case.rows)
-        row = {
-            "impl": impl, "op": case.op, "m": case.m, "n": case.n, "dtype": case.dtype,
-            "median_us": None, "gbps": None, "pct_of_copy": None, "build": None,
-            "correct": False, "max_rel_error": None, "tolerance": TOLERANCE[case.dtype],
-            "input_sets": case.n_sets, "rotated_bytes": case.n_sets * set_bytes,
-            "rotated_beyond_2x_l2": case.n_sets * set_bytes > 2 * self.l2_bytes,
-        }
-        timed = {}
-        try:
-            for candidate in self.impls[impl](case):
-                outputs = candidate.check()
-                errors = [relative_error(np.asarray(o, np.float64).reshape(w.shape), w) for o, w in zip(outputs, case.want)]
-                error = max(errors)
-                if not error <= TOLERANCE[case.dtype]:  # NaN (unwritten output) fails too
+        rows, timed = {}, []  # timed: (impl, candidate, max relative error)
+        for impl, prepare in self.impls.items():
+            rows[impl] = row = {
+                "impl": impl, "op": case.op, "m": case.m, "n": case.n, "dtype": case.dtype,
+                "median_us": None, "gbps": None, "pct_of_copy": None, "build": None,
+                "correct": False, "max_rel_error": None, "tolerance": TOLERANCE[case.dtype],
+                "input_sets": case.n_sets, "rotated_bytes": case.n_sets * set_bytes,
+                "rotated_beyond_2x_l2": case.n_sets * set_bytes > 2 * self.l2_bytes,
+            }
+            mine = []
+            try:
+                for candidate in prepare(case):
+                    outputs = candidate.check()
+                    error = max(relative_error(np.asarray(o, np.float64).reshape(w.shape), w)
+                                for o, w in zip(outputs, case.want))
                     row.update(build=candidate.build, max_rel_error=error)
-                    return row
-                seconds = time_calls(candidate.call, candidate.synchronize, case.n_sets)
-                timed[candidate.build] = (seconds, error)
-        except Exception as e:  # noqa: BLE001 - a peer failing on one shape is a result, not the end of the run
-            row.update(error=f"{type(e).__name__}: {e}")
-            return row
-        build, (seconds, error) = min(timed.items(), key=lambda item: item[1][0])
-        row.update(build=build, correct=True, max_rel_error=error, median_us=seconds * 1e6, gbps=moved / seconds / 1e9)
-        if self.copy_gbps:
-            row["pct_of_copy"] = 100 * row["gbps"] / self.copy_gbps
-        if len(timed) > 1:
-            row["alternatives_us"] = {b: s * 1e6 for b, (s, _) in timed.items()}
-        return row
+                    if not error <= TOLERANCE[case.dtype]:  # NaN (an unwritten output) fails too
+                        mine = []
+                        break
+                    mine.append((impl, candidate, error))
+            except Exception as e:  # noqa: BLE001 - a peer failing on one shape is a result, not the end of the run
+                row["error"] = f"{type(e).__name__}: {e}"
+                mine = []
+            timed += mine
+        samples = time_interleaved([(c.call, c.synchronize) for _, c, _ in timed], case.n_sets) if timed else []
+        for impl in rows:
+            results = [(statistics.median(s), min(s), max(s), c, e) for (i, c, e), s in zip(timed, samples) if i == impl]
+            if not results:
+                continue
+            seconds, fastest, slowest, candidate, error = min(results, key=lambda r: r[0])
+            row = rows[impl]
+            row.update(build=candidate.build, correct=True, max_rel_error=error, median_us=seconds * 1e6,
+                       trial_range_us=[fastest * 1e6, slowest * 1e6], gbps=moved / seconds / 1e9)
+            if self.copy_gbps:
+                row["pct_of_copy"] = 100 * row["gbps"] / self.copy_gbps
+            if candidate.setup_s is not None:
+                row["compile_s"] = candidate.setup_s
+            if len(results) > 1:
+                row["alternatives"] = [{"build": c.build, "median_us": t * 1e6, "compile_s": c.setup_s}
+                                       for t, _, _, c, _ in results]
+        return list(rows.values())
 
 
 def log_row(log, row: dict) -> None:
@@ -518,8 +551,7 @@ def run(device: str, shapes, dtypes, *, ops=("backward",), chip=None, artifact_d
     for dtype in dtypes:
         for m, n in shapes:
             for case in bench.cases(rng, dtype, m, n, ops):
-                for impl in bench.impls:
-                    row = bench.measure(case, impl)
+                for row in bench.measure(case):
                     log_row(log, row)
                     results.append(row)
     versions = {}
@@ -540,8 +572,9 @@ def run(device: str, shapes, dtypes, *, ops=("backward",), chip=None, artifact_d
         "l2_bytes": bench.l2_bytes,
         # None: each library's default (IREE and torch both use one thread per physical core).
         "threads": threads,
-        "timing": f"checked against float64 first; back-to-back calls, one synchronisation per trial, median over"
-                  f" {TRIALS} trials; each implementation rotates its own copies of the row inputs, > 2x L2 together",
+        "timing": f"checked against float64 first; {WARMUP_S} s warm-up each; back-to-back calls, one synchronisation"
+                  f" per trial, implementations taking turns trial by trial, median over {TRIALS} trials; each"
+                  " implementation rotates its own copies of the row inputs, > 2x L2 together",
         "notes": bench.notes,
         "results": results,
     }
@@ -597,7 +630,7 @@ def markdown(report: dict) -> str:
         lines += ["", f"## {op}", "",
                   "| dtype | M x N | " + " | ".join(impls) + (" | best peer / best IREE time |" if ratio else " |"),
                   "|---" * (len(impls) + 2 + ratio) + "|"]
-        for dtype, m, n in sorted({(r["dtype"], r["m"], r["n"]) for r in op_rows}):
+        for dtype, m, n in dict.fromkeys((r["dtype"], r["m"], r["n"]) for r in op_rows):
             cells = [_cell(by.get((op, i, dtype, m, n))) for i in impls]
             line = f"| {dtype} | {m}x{n} | " + " | ".join(cells) + " |"
             if ratio:
@@ -613,10 +646,9 @@ def markdown(report: dict) -> str:
         builds = {}
         for r in op_rows:
             if r["build"]:
-                text = r["build"].split(" (compiled in")[0]
-                builds.setdefault((r["impl"], text), []).append(f"{r['dtype']} {r['m']}x{r['n']}")
+                builds.setdefault((r["impl"], r["build"]), []).append(f"{r['dtype']} {r['m']}x{r['n']}")
         for (impl, text), where in builds.items():
-            lines.append(f"- {impl}: {text} ({len(where)} of the rows)")
+            lines.append(f"- {impl}: {text} (fastest build in {len(where)} row(s))")
     return "\n".join(lines) + "\n"
 
 
@@ -640,7 +672,7 @@ def write_report(report: dict, stem: Path, log=print) -> list[Path]:
     if not ops:
         log(f"no timed results: no {png_path.name}")
         return paths
-    keys = sorted({(r["dtype"], r["m"], r["n"]) for r in rows})
+    keys = list(dict.fromkeys((r["dtype"], r["m"], r["n"]) for r in rows))
     fig, axes = plt.subplots(len(ops), 1, figsize=(max(8, len(keys) * 1.2), 4.5 * len(ops)), squeeze=False)
     for ax, op in zip(axes[:, 0], ops):
         gbps = {(r["impl"], r["dtype"], r["m"], r["n"]): r["gbps"] for r in rows if r["op"] == op}

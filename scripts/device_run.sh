@@ -24,7 +24,7 @@ for step in "$@"; do
         -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
     fair)
       # The Liger wheel in .whl was installed above; its torch and triton are the machine's.
-      for dtype in f32 bf16; do
+      for dtype in ${FAIR_DTYPES:-f32 bf16}; do
         python3 -m lnbwd_iree bench --device cuda --op both --dtype "$dtype" \
           --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
           --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$dtype.json" --force 2>&1 \
