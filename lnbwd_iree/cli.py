@@ -153,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="local-task")
     b.add_argument("--shape", action="append", required=True, help="MxN, e.g. 8192x4096 (repeatable)")
     b.add_argument("--dtype", action="append", choices=DTYPES, required=True)
-    b.add_argument("--op", choices=("backward", "forward", "both"), default="backward")
+    b.add_argument("--op", choices=("backward", "forward", "both"), default="backward", help="default: backward")
     b.add_argument("--chip")
     b.add_argument("--artifact-dir")
     b.add_argument("--impl", action="append", choices=bench.IMPLS, metavar="IMPL",
