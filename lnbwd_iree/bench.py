@@ -347,6 +347,13 @@ def numpy_candidates(case: Case) -> list[Candidate]:
                       lambda: list(fn(*sets[0], *case.rest)), lambda: None)]
 
 
+def default_impls(driver: str) -> tuple[str, ...]:
+    """What ``bench`` times when not told: every implementation that can run
+    beside ``driver`` (NumPy on the host's drivers, Liger on GPUs)."""
+    skip = "liger" if driver.startswith("local") else "numpy"
+    return tuple(i for i in IMPLS if i != skip)
+
+
 def torch_device(driver: str) -> str | None:
     """The torch device that shares hardware with an IREE driver (None: no torch peer)."""
     if driver in ("cuda", "hip"):
@@ -541,7 +548,7 @@ def run(device: str, shapes, dtypes, *, ops=("backward",), chip=None, artifact_d
     """Checks and times ``impls`` (default: all) for each op, dtype and shape; returns the report."""
     if threads is not None:
         limit_cpu_threads(device, threads)
-    bench = Bench(device, impls or IMPLS, chip=chip, artifact_dir=artifact_dir, l2_bytes=l2_bytes)
+    bench = Bench(device, impls or default_impls(device), chip=chip, artifact_dir=artifact_dir, l2_bytes=l2_bytes)
     for note in bench.notes:
         log(f"skipped {note}")
     copy = f"{bench.copy_gbps:.1f} GB/s" if bench.copy_gbps else "not measured"

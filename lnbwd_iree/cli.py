@@ -146,9 +146,9 @@ def parser() -> argparse.ArgumentParser:
         description="Checks each implementation against float64, then times it on device-resident inputs"
         " rotated over more than twice the L2 cache, with the copy bandwidth measured in the same run."
         " Writes JSON, a markdown table and (with matplotlib, the 'bench' extra) a PNG.",
-        epilog=f"implementations: {', '.join(bench.IMPLS)} (default: all that run on the device; iree ="
-        " dynamic-shape artifact, iree_static = artifact specialised to each shape; liger needs the 'peers'"
-        " extra, numpy runs on local devices). Exit status 1 when a result fails its float64 check.",
+        epilog=f"implementations: {', '.join(bench.IMPLS)}. iree_static: the artifact specialised to each shape;"
+        " iree: the dynamic-shape one; liger (GPUs) needs the 'peers' extra; numpy runs on local devices."
+        " Default: all that run beside the device. Exit status 1 when a result fails its float64 check.",
     )
     b.add_argument("--device", default="local-task")
     b.add_argument("--shape", action="append", required=True, help="MxN, e.g. 8192x4096 (repeatable)")

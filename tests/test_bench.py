@@ -207,3 +207,16 @@ def test_implementations_take_turns_trial_by_trial():
     assert trials == ["a", "b"] * 3
     # Each trial rotates over every input set.
     assert [i for name, i in timed if name == "a"][:2] == [0, 1]
+
+
+def test_default_implementations_are_those_that_run_beside_the_device():
+    assert bench.default_impls("local-task") == ("iree_static", "iree", "torch_eager", "torch_compile", "numpy")
+    assert bench.default_impls("cuda") == ("iree_static", "iree", "torch_eager", "torch_compile", "liger")
+
+
+def test_liger_asked_for_on_the_host_is_skipped_with_a_note(tmp_path, capsys):
+    assert main(bench_args(tmp_path, "--impl", "numpy", "--impl", "liger")) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert {r["impl"] for r in report["results"]} == {"numpy"}
+    assert report["notes"] and report["notes"][0].startswith("liger:")
+    assert "skipped liger:" in capsys.readouterr().out
