@@ -128,12 +128,24 @@ def cmd_compile(args) -> int:
 
 def cmd_bench(args) -> int:
     shapes = [bench.parse_shape(s) for s in args.shape]
-    report = bench.run(args.device, shapes, args.dtype, chip=args.chip, artifact_dir=args.artifact_dir,
-                       impls=args.impl, seed=args.seed, threads=args.threads)
-    stem = Path(args.json).with_suffix("") if args.json else Path("benchmarks") / f"bench_{args.device}"
+    if args.json:
+        stem = Path(args.json).with_suffix("")
+    else:
+        stem = Path.cwd() / f"bench_{args.device}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    existing = [str(p) for p in bench.report_paths(stem) if p.exists()]
+    if existing and not args.force:
+        raise ValueError(f"{', '.join(existing)} already exist(s); pass --force to replace, or another --json")
+    if args.l2_bytes is not None and args.l2_bytes <= 0:
+        raise ValueError(f"--l2-bytes must be positive, got {args.l2_bytes}")
+    ops = bench.OPS if args.op == "both" else (args.op,)
+    report = bench.run(args.device, shapes, args.dtype, ops=ops, chip=args.chip, artifact_dir=args.artifact_dir,
+                       impls=args.impl, seed=args.seed, threads=args.threads, l2_bytes=args.l2_bytes)
     for path in bench.write_report(report, stem):
         print(f"wrote {path}")
-    return 0
+    bad = [r for r in report["results"] if not r["correct"]]
+    if bad:
+        print(f"{len(bad)} result(s) failed the float64 check or raised; see the WRONG/FAILED lines", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def driver_problem(error: Exception) -> str:
@@ -267,14 +279,30 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--shape", action="append", help="also build static artifacts for MxN, e.g. 8192x4096 (repeatable)")
     comp.set_defaults(fn=cmd_compile)
 
-    b = sub.add_parser("bench", help="time the backward against torch / numpy")
+    b = sub.add_parser(
+        "bench",
+        help="time backward/forward against torch eager, torch.compile, Liger (and NumPy on CPUs)",
+        description="Checks each implementation against float64, then times it on device-resident inputs"
+        " rotated over more than twice the L2 cache, with the copy bandwidth measured in the same run."
+        " Writes JSON, a markdown table and (with matplotlib, the 'bench' extra) a PNG.",
+        epilog=f"implementations: {', '.join(bench.IMPLS)}. iree_static: the artifact specialised to each shape;"
+        " iree: the dynamic-shape one; liger (GPUs) needs the 'peers' extra; numpy runs on local devices."
+        " Default: all that run beside the device. Exit status 1 when a result fails its float64 check.",
+    )
     b.add_argument("--device", default="local-task")
-    b.add_argument("--shape", action="append", required=True)
+    b.add_argument("--shape", action="append", required=True, help="MxN, e.g. 8192x4096 (repeatable)")
     b.add_argument("--dtype", action="append", choices=DTYPES, required=True)
+    b.add_argument("--op", choices=("backward", "forward", "both"), default="backward", help="default: backward")
     b.add_argument("--chip")
     b.add_argument("--artifact-dir")
-    b.add_argument("--impl", action="append", help="restrict to these implementations")
-    b.add_argument("--json", help="output path; .md and .png are written beside it")
+    b.add_argument("--impl", action="append", choices=bench.IMPLS, metavar="IMPL",
+                   help="time only these (repeatable; names below)")
+    b.add_argument("--json", help="output path (.md and .png beside it); default: a new"
+                   " bench_<device>_<date-time>.json in the current folder. Existing files are never replaced"
+                   " without --force")
+    b.add_argument("--force", action="store_true", help="replace existing output files")
+    b.add_argument("--l2-bytes", type=int, help="L2 size the input rotation must exceed twice (default: the"
+                   f" GPU's, read through torch; {bench.L2_BYTES_DEFAULT >> 20} MiB without it)")
     b.add_argument("--seed", type=int)
     b.add_argument("--threads", type=int, help="local devices: run IREE and torch on this many cores")
     b.set_defaults(fn=cmd_bench)

@@ -2,14 +2,17 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [bench DTYPE...]
+# Usage: scripts/device_run.sh [tests] [fair] [bench DTYPE...]
+#   fair: the full bench (every peer, backward and forward) on the seven shapes,
+#   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png}.
 set -uo pipefail
-# --upgrade on both installs: a warm machine keeps /tmp/site from an earlier
-# call (another checkout's lnbwd_iree), which pip --target would otherwise keep.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-export LNBWD_IREE_ARTIFACTS=$PWD/.device/artifacts LNBWD_IREE_CACHE=/tmp/lnbwd-cache
+# A fresh site folder and artifact cache per call: a warm machine keeps /tmp
+# between calls, and other checkouts install there too.
+SITE=$(mktemp -d /tmp/lnbwd-site.XXXXXX)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . || exit 1
+export PYTHONPATH=$SITE PYTHONUNBUFFERED=1
+export LNBWD_IREE_ARTIFACTS=$PWD/.device/artifacts LNBWD_IREE_CACHE=$SITE/cache
 OUT=${OUT:-/tmp/out}
 REPO=$PWD
 # Run from elsewhere so the source tree does not shadow the installed package.
@@ -21,14 +24,22 @@ for step in "$@"; do
     tests)
       LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests" \
         -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
+    fair)
+      # The Liger wheel in .whl was installed above; its torch and triton are the machine's.
+      for dtype in ${FAIR_DTYPES:-f32 bf16}; do
+        python3 -m lnbwd_iree bench --device cuda --op both --dtype "$dtype" \
+          --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
+          --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$dtype.json" --force 2>&1 \
+          | tee -a "$OUT/bench_cuda.log"
+      done ;;
     quick-f32|quick-bf16)
       python3 -m lnbwd_iree bench --device cuda --dtype "${step#quick-}" --impl iree_static --impl torch_eager \
         --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
-        --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "/tmp/quick.json" | grep -E "iree|torch" ;;
+        --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "/tmp/quick.json" --force | grep -E "iree|torch" ;;
     f32|bf16|f16)
       python3 -m lnbwd_iree bench --device cuda --dtype "$step" \
         --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
-        --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$step.json" ;;
+        --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$step.json" --force ;;
     torch)
       # lnbwd_iree.torch on CUDA tensors: parity tests (dynamic artifacts) and a forward+backward timing.
       LNBWD_IREE_TEST_DEVICES=cuda python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_torch.py" -k cuda 2>&1 \
@@ -39,7 +50,7 @@ for step in "$@"; do
       for flags in "" "--cuda_async_allocations=false" "--cuda_use_streams=false"; do
         echo "== runtime flags: ${flags:-default}"
         IREE_PY_RUNTIME_FLAGS="$flags" python3 -m lnbwd_iree bench --device cuda --dtype f32 --impl iree_static \
-          --shape 8192x4096 --shape 1024x512 --shape 4096x1024 --json "/tmp/flags.json" | grep iree_static
+          --shape 8192x4096 --shape 1024x512 --shape 4096x1024 --json "/tmp/flags.json" --force | grep iree_static
       done ;;
     overhead)
       python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;

@@ -1,0 +1,222 @@
+"""lnbwd-iree bench on the host CPU with tiny shapes: records, the float64
+guard, --impl validation, output files. No timing is asserted."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lnbwd_iree import bench
+from lnbwd_iree.cli import main
+
+RECORD_KEYS = {"impl", "op", "m", "n", "dtype", "median_us", "gbps", "pct_of_copy", "build", "correct",
+               "max_rel_error", "input_sets", "rotated_beyond_2x_l2"}
+
+
+def bench_args(tmp_path, *extra, name="out.json"):
+    # A small L2 keeps the rotation a few sets of these tiny inputs.
+    return ["bench", "--shape", "16x24", "--dtype", "f32", "--l2-bytes", "4096", "--json", str(tmp_path / name), *extra]
+
+
+def test_backward_and_forward_records(tmp_path, capsys):
+    assert main(bench_args(tmp_path, "--op", "both", "--impl", "iree_static", "--impl", "numpy",
+                           "--dtype", "bf16")) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert {"device", "iree_version", "date", "copy_gbps", "results"} <= set(report)
+    assert report["copy_gbps"] > 0 and report["l2_bytes"] == 4096
+    rows = report["results"]
+    got = {(r["impl"], r["op"], r["dtype"]) for r in rows}
+    assert got == {(i, op, d) for i in ("iree_static", "numpy") for op in ("backward", "forward") for d in ("f32", "bf16")}
+    for r in rows:
+        assert RECORD_KEYS <= set(r)
+        assert (r["m"], r["n"]) == (16, 24)
+        assert r["correct"] and r["max_rel_error"] <= r["tolerance"]
+        assert r["median_us"] > 0 and r["gbps"] > 0 and r["pct_of_copy"] > 0
+        assert r["rotated_beyond_2x_l2"] and r["rotated_bytes"] > 2 * 4096
+        moved = bench.bytes_moved(16, 24, r["dtype"], r["op"])
+        assert r["gbps"] == pytest.approx(moved / r["median_us"] / 1e3)
+    builds = {r["impl"]: r["build"] for r in rows}
+    assert "specialised" in builds["iree_static"] and "NumPy" in builds["numpy"]
+    md = (tmp_path / "out.md").read_text()
+    assert "## backward" in md and "## forward" in md
+    # Every table row has as many cells as its header.
+    tables = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in tables}) == 1
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'out.json'}" in out
+
+
+def test_torch_compile_reports_the_faster_build(tmp_path):
+    pytest.importorskip("torch")
+    assert main(bench_args(tmp_path, "--impl", "torch_compile", "--impl", "torch_eager")) == 0
+    rows = {r["impl"]: r for r in json.loads((tmp_path / "out.json").read_text())["results"]}
+    compiled = rows["torch_compile"]
+    assert "dynamic=False" in compiled["build"] and compiled["compile_s"] > 0
+    variants = {v["build"]: v["median_us"] for v in compiled["alternatives"]}
+    assert len(variants) == 2 and any("aten.native_layer_norm_backward" in b for b in variants)
+    assert compiled["median_us"] == min(variants.values()) == variants[compiled["build"]]
+    low, high = compiled["trial_range_us"]
+    assert low <= compiled["median_us"] <= high
+    assert "native_layer_norm_backward" in rows["torch_eager"]["build"]
+
+
+def test_wrong_implementation_is_reported_not_timed(tmp_path, monkeypatch, capsys):
+    original = bench.numpy_backward
+
+    def off_by_a_percent(*args):
+        dx, dgamma, dbeta = original(*args)
+        return dx * np.float32(1.01), dgamma, dbeta
+
+    monkeypatch.setattr(bench, "numpy_backward", off_by_a_percent)
+    assert main(bench_args(tmp_path, "--impl", "numpy", "--impl", "iree_static")) == 1
+    rows = {r["impl"]: r for r in json.loads((tmp_path / "out.json").read_text())["results"]}
+    wrong = rows["numpy"]
+    assert not wrong["correct"] and wrong["median_us"] is None and wrong["gbps"] is None
+    assert wrong["max_rel_error"] == pytest.approx(0.01, rel=0.2)
+    assert rows["iree_static"]["correct"]
+    captured = capsys.readouterr()
+    assert "numpy" in captured.out and "WRONG" in captured.out
+    assert "failed the float64 check" in captured.err
+    assert "WRONG" in (tmp_path / "out.md").read_text()
+
+
+def test_an_implementation_that_writes_nothing_is_caught(tmp_path, monkeypatch):
+    """The check runs into NaN-poisoned outputs: a kernel that leaves them unwritten fails."""
+    from lnbwd_iree import runtime
+
+    def no_op(self, *args, out=None, wait=True, **kwargs):
+        return out
+
+    monkeypatch.setattr(runtime.LayerNormKernels, "forward", no_op)
+    assert main(bench_args(tmp_path, "--op", "forward", "--impl", "iree_static")) == 1
+    (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert not row["correct"] and row["median_us"] is None and np.isnan(row["max_rel_error"])
+
+
+def test_unknown_impl_is_rejected_with_the_list(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(bench_args(tmp_path, "--impl", "nonsense"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "nonsense" in err and all(name in err for name in bench.IMPLS)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_help_lists_the_implementations(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in bench.IMPLS) and "--force" in out and "never replaced" in out
+
+
+def test_existing_results_are_not_overwritten(tmp_path, capsys):
+    (tmp_path / "out.md").write_text("committed table\n")
+    assert main(bench_args(tmp_path, "--impl", "numpy")) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert (tmp_path / "out.md").read_text() == "committed table\n"
+    assert not (tmp_path / "out.json").exists()
+    assert main(bench_args(tmp_path, "--impl", "numpy", "--force")) == 0
+    assert (tmp_path / "out.md").read_text() != "committed table\n"
+
+
+def test_default_output_is_a_new_file_in_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "--shape", "8x16", "--dtype", "f32", "--l2-bytes", "2048", "--impl", "numpy"]
+    assert main(args) == 0
+    (written,) = tmp_path.glob("bench_local-task_*.json")
+    assert json.loads(written.read_text())["results"]
+    assert f"wrote {written}" in capsys.readouterr().out
+
+
+def test_no_iree_impl_and_no_torch_still_writes_a_table(tmp_path, monkeypatch):
+    """Peers alone (no IREE row to divide by) and no copy bandwidth: no ZeroDivisionError."""
+    monkeypatch.setattr(bench.Bench, "_device_figures", lambda self, l2: (None, l2, "test host"))
+    assert main(bench_args(tmp_path, "--impl", "numpy")) == 0
+    (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert row["pct_of_copy"] is None and row["median_us"] > 0
+    assert "numpy" in (tmp_path / "out.md").read_text()
+
+
+def test_png_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(bench_args(tmp_path, "--impl", "numpy")) == 0
+    assert "matplotlib is not installed: no out.png" in capsys.readouterr().out
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_torch_without_the_gpu_skips_the_peers_with_a_note(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    b = bench.Bench.__new__(bench.Bench)
+    b.device, b.notes = "cuda", []
+    assert b._torch_peers(["torch_eager", "liger"]) is None
+    assert "torch_eager, liger: this torch" in b.notes[0] and "sees no GPU" in b.notes[0]
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    """On this CPU-only host: peers are skipped with a note, IREE's device check names the problem."""
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    code = main(bench_args(tmp_path, "--device", "cuda", "--impl", "torch_eager"))
+    assert code == 2
+    assert "nothing to time on cuda" in capsys.readouterr().err
+
+
+def test_rotation_exceeds_twice_the_l2():
+    mib = 1 << 20
+    assert bench.input_sets(2 * mib, 50 * mib) == 51  # 1024x512 bf16 backward (dY + X) on an H100
+    assert bench.input_sets(1 * mib, 50 * mib) == 101  # its forward (X)
+    assert bench.input_sets(256 * mib, 50 * mib) == 1  # one set is already beyond 2x L2
+    for set_bytes in (1, 1000, 100 * mib - 1, 100 * mib, 100 * mib + 1):
+        n = bench.input_sets(set_bytes, 50 * mib, max_sets=10**9)
+        assert n * set_bytes > 100 * mib and (n - 1) * set_bytes <= 100 * mib
+    assert bench.input_sets(1, 50 * mib, max_sets=64) == 64
+    with pytest.raises(ValueError, match="set_bytes"):
+        bench.input_sets(0, mib)
+
+
+def test_bytes_moved_floors():
+    assert bench.bytes_moved(8192, 4096, "f32") == 3 * 8192 * 4096 * 4 + 3 * 4096 * 4 + 2 * 8192 * 4
+    assert bench.bytes_moved(8192, 4096, "bf16", "forward") == 2 * 8192 * 4096 * 2 + 2 * 4096 * 2 + 2 * 8192 * 4
+    with pytest.raises(ValueError, match="op must be"):
+        bench.bytes_moved(1, 1, "f32", "sideways")
+
+
+def test_implementations_take_turns_trial_by_trial():
+    order = []
+
+    def recorder(name):
+        return (lambda i: order.append((name, i)), lambda: order.append((name, "sync")))
+
+    samples = bench.time_interleaved([recorder("a"), recorder("b")], n_sets=2, min_trial_s=0, trials=3, warmup_s=0)
+    assert [len(s) for s in samples] == [3, 3]
+    timed = order[order.index(("b", "sync")) + 1:]  # after both warm-ups
+    trials = [name for name, what in timed if what == "sync"]
+    assert trials == ["a", "b"] * 3
+    # Each trial rotates over every input set.
+    assert [i for name, i in timed if name == "a"][:2] == [0, 1]
+
+
+def test_default_implementations_are_those_that_run_beside_the_device():
+    assert bench.default_impls("local-task") == ("iree_static", "iree", "torch_eager", "torch_compile", "numpy")
+    assert bench.default_impls("cuda") == ("iree_static", "iree", "torch_eager", "torch_compile", "liger")
+
+
+def test_liger_asked_for_on_the_host_is_skipped_with_a_note(tmp_path, capsys):
+    assert main(bench_args(tmp_path, "--impl", "numpy", "--impl", "liger")) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert {r["impl"] for r in report["results"]} == {"numpy"}
+    assert report["notes"] and report["notes"][0].startswith("liger:")
+    assert "skipped liger:" in capsys.readouterr().out
