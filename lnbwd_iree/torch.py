@@ -15,6 +15,7 @@ torch's is in ``HostOrdering`` and ``HipStreamOrdering``."""
 
 from __future__ import annotations
 
+import atexit
 import collections
 import ctypes
 import math
@@ -23,6 +24,7 @@ import threading
 
 import torch
 from iree import runtime as ireert
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
 from .runtime import LayerNormKernels
@@ -146,6 +148,8 @@ class Binding:
 
 _bindings: dict = {}
 _bindings_lock = threading.Lock()
+# Release IREE devices and modules before interpreter teardown, not during it.
+atexit.register(_bindings.clear)
 
 
 def _hip_runtime():
@@ -236,13 +240,8 @@ def _vector(binding: Binding, tensor: torch.Tensor | None, n: int, dtype: torch.
     return binding.vector(tensor)
 
 
-@torch.library.custom_op("lnbwd_iree::layer_norm_fwd", mutates_args=(), tags=_OP_TAGS)
-def layer_norm_fwd(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, mean, rstd) of layer_norm over the last dim of ``x``; mean and rstd
-    have x's leading dims, in f32 (f64 for f64 data). ``weight``/``bias``
-    ([N] or None) may have another floating dtype than x, as in torch."""
+def _forward_kernel(x, weight, bias, eps):
+    """layer_norm_fwd's implementation: the IREE forward on x's device."""
     n = _check_inputs(x, {"weight": weight, "bias": bias})
     x = x.contiguous()
     # Outputs before the ordering's synchronisation: see HostOrdering.
@@ -265,6 +264,16 @@ def layer_norm_fwd(
     return y, mean, rstd
 
 
+@torch.library.custom_op("lnbwd_iree::layer_norm_fwd", mutates_args=(), tags=_OP_TAGS)
+def layer_norm_fwd(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd) of layer_norm over the last dim of ``x``; mean and rstd
+    have x's leading dims, in f32 (f64 for f64 data). ``weight``/``bias``
+    ([N] or None) may have another floating dtype than x, as in torch."""
+    return _forward_kernel(x, weight, bias, eps)
+
+
 @layer_norm_fwd.register_fake
 def _(x, weight, bias, eps):
     _check_inputs(x, {"weight": weight, "bias": bias})
@@ -272,12 +281,8 @@ def _(x, weight, bias, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1], dtype=stats), x.new_empty(x.shape[:-1], dtype=stats)
 
 
-@torch.library.custom_op("lnbwd_iree::layer_norm_bwd", mutates_args=(), tags=_OP_TAGS)
-def layer_norm_bwd(
-    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias) from the forward's mean and rstd. dweight and dbias
-    have weight's dtype (x's when there is no weight)."""
+def _backward_kernel(dy, x, weight, mean, rstd):
+    """layer_norm_bwd's implementation: the IREE backward on x's device."""
     n = _check_inputs(x, {"weight": weight})
     if dy.shape != x.shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)} but x has {tuple(x.shape)}")
@@ -303,6 +308,15 @@ def layer_norm_bwd(
     return dx, dweight.to(grad_dtype), dbias.to(grad_dtype)
 
 
+@torch.library.custom_op("lnbwd_iree::layer_norm_bwd", mutates_args=(), tags=_OP_TAGS)
+def layer_norm_bwd(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) from the forward's mean and rstd. dweight and dbias
+    have weight's dtype (x's when there is no weight)."""
+    return _backward_kernel(dy, x, weight, mean, rstd)
+
+
 @layer_norm_bwd.register_fake
 def _(dy, x, weight, mean, rstd):
     n = _check_inputs(x, {"weight": weight})
@@ -317,8 +331,8 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, rstd)
 
 
-def _backward(ctx, dy, _dmean, _drstd):
-    x, weight, bias, mean, rstd = ctx.saved_tensors
+def _gradients(dy, x, weight, bias, mean, rstd, backward_kernel):
+    """(dx, dweight, dbias) for autograd; None for a missing weight or bias."""
     if torch.is_grad_enabled():
         # create_graph: the backward must itself be differentiable (double
         # backward), which the IREE kernel is not; aten's layer_norm backward
@@ -329,14 +343,45 @@ def _backward(ctx, dy, _dmean, _drstd):
             [True, weight is not None, bias is not None],
         )
     else:
-        dx, dweight, dbias = layer_norm_bwd(dy, x, weight, mean, rstd)
-    return dx, dweight if weight is not None else None, dbias if bias is not None else None, None
+        dx, dweight, dbias = backward_kernel(dy, x, weight, mean, rstd)
+    return dx, dweight if weight is not None else None, dbias if bias is not None else None
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    return (*_gradients(dy, *ctx.saved_tensors, layer_norm_bwd), None)
 
 
 layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 # CUDA autocast runs torch's layer_norm in f32 (input cast, f32 output); CPU
 # autocast leaves layer_norm in the input's dtype, as does an unregistered op.
 torch.library.register_autocast("lnbwd_iree::layer_norm_fwd", "cuda", torch.float32)
+
+
+class _EagerLayerNorm(torch.autograd.Function):
+    """The custom ops' forward and backward without torch's dispatch of
+    Python custom ops, which costs more than the IREE call on small shapes;
+    used in plain eager mode only (see ``_plain_eager``). The CUDA autocast
+    rule is the ops' rule: f32 inputs, autocast off inside."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = _forward_kernel(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dy):
+        return (*_gradients(dy, *ctx.saved_tensors, _backward_kernel), None)
+
+
+def _plain_eager(*tensors) -> bool:
+    """True outside torch.compile/export tracing, dispatch modes and tensor
+    subclasses (fake, functional, DTensor), where the custom ops must be used."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
 
 
 def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
@@ -354,6 +399,8 @@ def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: f
     flat = x.reshape(*x.shape[: x.dim() - k], n)
     weight = weight.reshape(n) if weight is not None else None
     bias = bias.reshape(n) if bias is not None else None
+    if _plain_eager(flat, weight, bias):
+        return _EagerLayerNorm.apply(flat, weight, bias, float(eps)).reshape(x.shape)
     return layer_norm_fwd(flat, weight, bias, float(eps))[0].reshape(x.shape)
 
 

@@ -310,8 +310,17 @@ def make_block(norm_class, seed=0):
     return make_model(norm_class, seed=seed)
 
 
+def refuse_eager_path(monkeypatch):
+    """Under tracing the custom ops must be used, not the eager shortcut."""
+
+    def refuse(*args):
+        raise AssertionError("the eager path ran under tracing")
+
+    monkeypatch.setattr(ours_module._EagerLayerNorm, "apply", refuse)
+
+
 @pytest.mark.parametrize("fullgraph", [False, True], ids=["default", "fullgraph"])
-def test_torch_compile_of_a_transformer_block(fullgraph):
+def test_torch_compile_of_a_transformer_block(fullgraph, monkeypatch):
     """torch.compile of a Transformer block with our LayerNorm: the outputs and
     every parameter's gradient match the same block with nn.LayerNorm, eager."""
     torch._dynamo.reset()
@@ -322,7 +331,9 @@ def test_torch_compile_of_a_transformer_block(fullgraph):
     theirs.load_state_dict(ours.state_dict())
     compiled = torch.compile(ours, fullgraph=fullgraph)
     x = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(seed))
-    y, y_ref = compiled(x), theirs(x)
+    y_ref = theirs(x)
+    refuse_eager_path(monkeypatch)
+    y = compiled(x)
     assert relative(y, y_ref) < 1e-5
     dy = torch.randn(y.shape)
     y.backward(dy)
@@ -331,16 +342,19 @@ def test_torch_compile_of_a_transformer_block(fullgraph):
         assert relative(p.grad, p_ref.grad) < 1e-4, name
 
 
-def test_torch_export_of_a_transformer_block():
+def test_torch_export_of_a_transformer_block(monkeypatch):
     seed = fresh_seed()
     ours = make_block(LayerNorm, seed)
     randomize(ours.norm1, seed)
     x = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(seed))
-    exported = torch.export.export(ours, (x,))
+    x2 = torch.randn(2, 6, 32)
+    eager = ours(x2)
+    with monkeypatch.context() as patch:
+        refuse_eager_path(patch)
+        exported = torch.export.export(ours, (x,))
     names = {str(node.target) for node in exported.graph.nodes}
     assert "lnbwd_iree.layer_norm_fwd.default" in names
-    x2 = torch.randn(2, 6, 32)
-    assert relative(exported.module()(x2), ours(x2)) < 1e-6
+    assert relative(exported.module()(x2), eager) < 1e-6
 
 
 class FakeSemaphore:
