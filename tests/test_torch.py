@@ -480,3 +480,33 @@ def test_ddp_on_two_processes_matches_one_process_on_the_whole_batch(tmp_path):
     train(single, steps)
     for name, value in single.state_dict().items():
         torch.testing.assert_close(distributed[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_ops_are_kept_out_of_cuda_graphs():
+    """The ops synchronise with the host or IREE's queue: a CUDA graph replay would skip that."""
+    for op in (torch.ops.lnbwd_iree.layer_norm_fwd.default, torch.ops.lnbwd_iree.layer_norm_bwd.default):
+        assert torch.Tag.cudagraph_unsafe in op.tags
+
+
+def test_gpu_device_matching_by_uuid_then_ordinal(monkeypatch):
+    """torch's cuda:N is IREE's device with the same UUID; without UUIDs in
+    IREE's paths, the same ordinal; a missing one is named in the error."""
+
+    class Props:
+        def __init__(self, index):
+            self.uuid = f"uuid-{index}"
+
+    class Driver:
+        def __init__(self, infos):
+            self.infos = infos
+
+        def query_available_devices(self):
+            return self.infos
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props(index))
+    by_uuid = Driver([{"device_id": 1, "path": "GPU-uuid-1"}, {"device_id": 0, "path": "GPU-uuid-0"}])
+    assert ours_module._iree_device_info(by_uuid, "cuda", 0)["device_id"] == 0
+    by_ordinal = Driver([{"device_id": 0, "path": "0"}, {"device_id": 1, "path": "1"}])
+    assert ours_module._iree_device_info(by_ordinal, "hip", 1)["device_id"] == 1
+    with pytest.raises(RuntimeError, match=r"cuda:2 \(uuid uuid-2\) has no IREE 'hip' device: IREE lists \['0', '1'\]"):
+        ours_module._iree_device_info(by_ordinal, "hip", 2)
