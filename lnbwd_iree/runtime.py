@@ -316,6 +316,9 @@ class LayerNormKernels:
     can be had (prebuilt, or the compiler is installed), else falls back to
     the dynamic one. Specialised artifacts are several times faster on GPUs
     and 1.5x on CPUs.
+    ``hal_device``: an already-open device of driver ``device`` to run on
+    instead of its first one (one GPU of several, or a HIP device created on
+    an external stream).
 
     Calls are queued in order on one timeline semaphore (call k waits for
     value k and signals k + 1), so a call may use what an earlier call wrote
@@ -336,11 +339,12 @@ class LayerNormKernels:
         cache_dir: str | os.PathLike | None = None,
         artifact_dir: str | os.PathLike | None = None,
         static_shapes: bool | None = None,
+        hal_device: ireert.HalDevice | None = None,
     ):
         self.static_shapes = static_shapes
         self.target = target_for(device, chip, backend)
         self.driver = device
-        self.device = open_device(device)
+        self.device = hal_device if hal_device is not None else open_device(device)
         self.store = ArtifactStore(cache_dir, [artifact_dir] if artifact_dir is not None else [])
         self._instance = ireert.VmInstance()
         self._hal_module = ireert.create_hal_module(self._instance, self.device)

@@ -1,85 +1,407 @@
 """A PyTorch LayerNorm whose forward and backward run the IREE kernels.
 
-Tensors cross between torch and IREE through DLPack without copies: inputs
-are imported as IREE buffer views, and results are written straight into
-tensors allocated here. CPU tensors run on IREE's local-task device, CUDA
-tensors (device 0) on IREE's cuda driver. Ordering between torch's stream and
-IREE's queue: torch's current stream is synchronised before each IREE call,
-and each call is waited for before torch sees its results."""
+The forward and backward are the custom ops ``lnbwd_iree::layer_norm_fwd``
+and ``lnbwd_iree::layer_norm_bwd`` (``torch.library.custom_op``, with fake
+implementations and autograd), so ``torch.compile`` (also ``fullgraph=True``)
+and ``torch.export`` treat them as single opaque ops. Tensors cross to IREE
+through DLPack without copies; the [N] weight and bias are imported once and
+reused while they are alive.
+
+One IREE device serves each torch device: CPU tensors run on local-task,
+``cuda:N`` on IREE's cuda driver (the device with the same UUID), and on ROCm
+builds of torch ``cuda:N`` runs on IREE's hip driver, with one IREE device per
+(GPU, torch stream) created on that stream. How IREE's work is ordered with
+torch's is in ``HostOrdering`` and ``HipStreamOrdering``."""
 
 from __future__ import annotations
 
+import atexit
+import collections
+import ctypes
+import math
 import numbers
+import threading
 
-import numpy as np
 import torch
 from iree import runtime as ireert
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
+from .runtime import LayerNormKernels
 
 # float64 runs on CPUs only (for torch.autograd.gradcheck).
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# The ops synchronise with the host (CUDA) or with IREE's queue: a CUDA graph
+# replay would skip that and IREE's submission.
+_OP_TAGS = (torch.Tag.cudagraph_unsafe,)
 
 
-def kernels_for_tensor(tensor: torch.Tensor):
-    """The IREE kernels for the device ``tensor`` lives on."""
-    if tensor.device.type == "cpu":
-        return kernels_for("local-task")
-    if tensor.device.type == "cuda":
-        if tensor.device.index not in (None, 0):
-            raise NotImplementedError(f"lnbwd_iree.torch runs on cuda:0 only, got {tensor.device}")
-        return kernels_for("cuda")
-    raise NotImplementedError(f"lnbwd_iree.torch runs on CPU and CUDA tensors, got a {tensor.device} tensor")
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """mean and rstd are kept in the arithmetic type: f32, or f64 for f64 data."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def as_device_array(kernels, tensor: torch.Tensor) -> ireert.DeviceArray:
-    """``tensor``'s memory as an IREE array on ``kernels``' device, without a copy."""
-    if tensor.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {tensor.dtype}; expected float32, float16, bfloat16 or (CPU) float64")
-    if not tensor.is_contiguous():
-        raise ValueError("lnbwd_iree.torch needs contiguous tensors (call .contiguous() first)")
-    view = kernels.device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(tensor.detach()))
-    return ireert.DeviceArray(kernels.device, view, implicit_host_transfer=True)
+class HostOrdering:
+    """CPU, and CUDA: IREE 3.13's cuda driver runs on a stream of its own and
+    can neither wait on nor signal CUDA events, so the host orders the two:
+    torch's stream is synchronised once before a call (its output tensors are
+    allocated first, so memory torch recycled from earlier kernels is free)
+    and the call is waited for before torch sees its results."""
+
+    wait = True
+
+    def __init__(self, torch_device: torch.device):
+        self.torch_device = torch_device
+
+    def before(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.current_stream(self.torch_device).synchronize()
+
+    def after(self, kernels: LayerNormKernels) -> None:
+        pass  # the call itself waited (``wait``)
 
 
-def _before_iree(tensor: torch.Tensor) -> None:
-    """Work torch queued on the inputs must finish before IREE reads them."""
-    if tensor.device.type == "cuda":
-        torch.cuda.current_stream(tensor.device).synchronize()
+class HipStreamOrdering:
+    """HIP: the IREE device was created on torch's stream
+    (``hip_external_stream``), so everything torch queued before a call runs
+    before it. IREE may issue a call's work from its own thread, later than
+    the call returns; so the call's signal is exported as a HIP event and
+    torch's stream waits for it on the device (no host wait)."""
+
+    wait = False
+
+    def __init__(self, stream_handle: int, hip_runtime):
+        self.stream_handle = stream_handle
+        self.hip_runtime = hip_runtime
+
+    def before(self) -> None:
+        pass
+
+    def after(self, kernels: LayerNormKernels) -> None:
+        timepoint = ireert.HalExternalTimepoint()
+        # The value the call just queued signals (LayerNormKernels' timeline).
+        kernels._timeline.export_timepoint(
+            kernels._last_signal, ireert.ExternalTimepointType.HIP_EVENT, ireert.ExternalTimepointFlags.NONE, timepoint
+        )
+        status = self.hip_runtime.hipStreamWaitEvent(
+            ctypes.c_void_p(self.stream_handle), ctypes.c_void_p(timepoint.hip_event), ctypes.c_uint(0)
+        )
+        if status != 0:
+            raise RuntimeError(f"hipStreamWaitEvent on torch's stream failed with hipError_t {status}")
 
 
-class LayerNormFunction(torch.autograd.Function):
-    """layer_norm over the last dim of ``x`` with the IREE forward and backward."""
+def hip_device_params(stream_handle: int) -> dict:
+    """IREE hip device parameters that put its work on an existing HIP stream."""
+    return {"hip_external_stream": str(stream_handle)}
+
+
+class Binding:
+    """One IREE device (its ``LayerNormKernels``) serving one torch device, how
+    calls are ordered with torch's work, and the weights imported so far."""
+
+    # Imported [N] vectors kept: a few per LayerNorm in a model.
+    VECTOR_CACHE_SIZE = 256
+
+    def __init__(self, kernels: LayerNormKernels, ordering):
+        self.kernels = kernels
+        self.ordering = ordering
+        self._vectors: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def array(self, tensor: torch.Tensor) -> ireert.DeviceArray:
+        """A contiguous tensor's memory as an IREE array, without a copy."""
+        view = self.kernels.device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(tensor))
+        return ireert.DeviceArray(self.kernels.device, view, implicit_host_transfer=True)
+
+    def vector(self, tensor: torch.Tensor) -> ireert.DeviceArray:
+        """``array`` for a weight or bias, imported once. An import is the
+        address range it was made from; the entry keeps ``tensor`` (so its
+        storage) alive, so no other tensor can be given that range while the
+        entry exists, and a tensor with the same address, dtype and length is
+        the same memory. In-place updates (optimizer steps) are seen by
+        every call, since the kernel reads the memory when it runs."""
+        key = (tensor.data_ptr(), tensor.dtype, tensor.numel())
+        with self._lock:
+            entry = self._vectors.get(key)
+            if entry is not None:
+                self._vectors.move_to_end(key)
+                return entry[1]
+        array = self.array(tensor)
+        with self._lock:
+            self._vectors[key] = (tensor, array)
+            if len(self._vectors) > self.VECTOR_CACHE_SIZE:
+                self._vectors.popitem(last=False)
+        return array
+
+    def constant(self, n: int, dtype: torch.dtype, value: float, device: torch.device) -> ireert.DeviceArray:
+        """ones or zeros of length ``n`` for a LayerNorm without weight or bias (made once)."""
+        key = ("constant", n, dtype, value)
+        with self._lock:
+            entry = self._vectors.get(key)
+        if entry is None:
+            tensor = torch.full((n,), value, dtype=dtype, device=device)
+            entry = (tensor, self.array(tensor))
+            with self._lock:
+                self._vectors[key] = entry
+        return entry[1]
+
+
+_bindings: dict = {}
+_bindings_lock = threading.Lock()
+# Release IREE devices and modules before interpreter teardown, not during it.
+atexit.register(_bindings.clear)
+
+
+def _hip_runtime():
+    return ctypes.CDLL("libamdhip64.so")
+
+
+def _iree_device_info(driver: ireert.HalDriver, driver_name: str, index: int) -> dict:
+    """The IREE device of ``driver`` that is torch's ``cuda:index``: matched by
+    UUID (IREE's device path is "GPU-<uuid>"), else by ordinal, which both
+    runtimes number alike under the same *_VISIBLE_DEVICES."""
+    infos = driver.query_available_devices()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    for info in infos:
+        if str(info.get("path", "")).removeprefix("GPU-") == uuid:
+            return info
+    if index < len(infos):
+        return infos[index]
+    raise RuntimeError(
+        f"torch's cuda:{index} (uuid {uuid}) has no IREE {driver_name!r} device: IREE lists "
+        f"{[info.get('path') for info in infos]}"
+    )
+
+
+def _open_gpu(torch_device: torch.device) -> Binding:
+    index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
+    if torch.version.hip:
+        stream = torch.cuda.current_stream(index).cuda_stream
+        driver = ireert.get_driver("hip")
+        info = _iree_device_info(driver, "hip", index)
+        hal_device = driver.create_device(info, hip_device_params(stream))
+        chip = torch.cuda.get_device_properties(index).gcnArchName.split(":")[0]
+        kernels = LayerNormKernels("hip", chip=chip, hal_device=hal_device)
+        return Binding(kernels, HipStreamOrdering(stream, _hip_runtime()))
+    driver = ireert.get_driver("cuda")
+    hal_device = driver.create_device(_iree_device_info(driver, "cuda", index), {})
+    return Binding(LayerNormKernels("cuda", hal_device=hal_device), HostOrdering(torch.device("cuda", index)))
+
+
+def binding_for(torch_device: torch.device) -> Binding:
+    """The cached ``Binding`` of a torch device (and, on HIP, its current stream)."""
+    if torch_device.type == "cpu":
+        key = ("cpu",)
+    elif torch_device.type == "cuda":
+        index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
+        key = ("cuda", index, torch.cuda.current_stream(index).cuda_stream if torch.version.hip else None)
+    else:
+        raise NotImplementedError(f"lnbwd_iree.torch runs on CPU and CUDA/ROCm tensors, got a {torch_device} tensor")
+    binding = _bindings.get(key)
+    if binding is None:
+        with _bindings_lock:
+            binding = _bindings.get(key)
+            if binding is None:
+                if key[0] == "cpu":
+                    binding = Binding(kernels_for("local-task"), HostOrdering(torch_device))
+                else:
+                    binding = _open_gpu(torch_device)
+                _bindings[key] = binding
+    return binding
+
+
+def _check_inputs(x: torch.Tensor, vectors: dict) -> int:
+    """N (x's last dim), after checking the dtype and each [N] vector's shape and device."""
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x has unsupported dtype {x.dtype}; expected float32, float16, bfloat16 or (CPU) float64")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dim (LayerNorm normalises the last)")
+    n = x.shape[-1]
+    for name, tensor in vectors.items():
+        if tensor is None:
+            continue
+        if tensor.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) to match the last dim of x, got {tuple(tensor.shape)}")
+        if tensor.device != x.device:
+            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has unsupported dtype {tensor.dtype}")
+    return n
+
+
+def _vector(binding: Binding, tensor: torch.Tensor | None, n: int, dtype: torch.dtype, fill: float, device):
+    """A weight or bias in the kernel's dtype (x's), or ``fill`` where there is none."""
+    if tensor is None:
+        return binding.constant(n, dtype, fill, device)
+    if tensor.dtype != dtype or not tensor.is_contiguous():
+        # Mixed dtypes as torch allows them (e.g. bf16 x, f32 weight): the kernel
+        # takes one storage type. The converted copy is new each call, so not cached.
+        return binding.array(tensor.to(dtype).contiguous())
+    return binding.vector(tensor)
+
+
+def _forward_kernel(x, weight, bias, eps):
+    """layer_norm_fwd's implementation: the IREE forward on x's device."""
+    n = _check_inputs(x, {"weight": weight, "bias": bias})
+    x = x.contiguous()
+    # Outputs before the ordering's synchronisation: see HostOrdering.
+    y = torch.empty_like(x)
+    mean = x.new_empty(x.shape[:-1], dtype=stats_dtype(x.dtype))
+    rstd = x.new_empty(x.shape[:-1], dtype=stats_dtype(x.dtype))
+    m = x.numel() // n
+    if m == 0:
+        return y, mean, rstd
+    binding = binding_for(x.device)
+    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
+    beta = _vector(binding, bias, n, x.dtype, 0.0, x.device)
+    binding.ordering.before()
+    binding.kernels.forward(
+        binding.array(x.view(m, n)), gamma, beta, eps=eps,
+        out=(binding.array(y.view(m, n)), binding.array(mean.view(m)), binding.array(rstd.view(m))),
+        wait=binding.ordering.wait,
+    )
+    binding.ordering.after(binding.kernels)
+    return y, mean, rstd
+
+
+@torch.library.custom_op("lnbwd_iree::layer_norm_fwd", mutates_args=(), tags=_OP_TAGS)
+def layer_norm_fwd(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd) of layer_norm over the last dim of ``x``; mean and rstd
+    have x's leading dims, in f32 (f64 for f64 data). ``weight``/``bias``
+    ([N] or None) may have another floating dtype than x, as in torch."""
+    return _forward_kernel(x, weight, bias, eps)
+
+
+@layer_norm_fwd.register_fake
+def _(x, weight, bias, eps):
+    _check_inputs(x, {"weight": weight, "bias": bias})
+    stats = stats_dtype(x.dtype)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1], dtype=stats), x.new_empty(x.shape[:-1], dtype=stats)
+
+
+def _backward_kernel(dy, x, weight, mean, rstd):
+    """layer_norm_bwd's implementation: the IREE backward on x's device."""
+    n = _check_inputs(x, {"weight": weight})
+    if dy.shape != x.shape:
+        raise ValueError(f"dy has shape {tuple(dy.shape)} but x has {tuple(x.shape)}")
+    m = x.numel() // n
+    grad_dtype = weight.dtype if weight is not None else x.dtype
+    if m == 0:
+        # torch's convention for an empty batch: no rows, zero parameter grads.
+        return torch.empty_like(x), x.new_zeros(n, dtype=grad_dtype), x.new_zeros(n, dtype=grad_dtype)
+    dy, x = dy.to(x.dtype).contiguous(), x.contiguous()
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    dx = torch.empty_like(x)
+    dweight, dbias = x.new_empty(n), x.new_empty(n)
+    binding = binding_for(x.device)
+    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
+    binding.ordering.before()
+    binding.kernels.backward(
+        binding.array(dy.view(m, n)), binding.array(x.view(m, n)), gamma,
+        binding.array(mean.view(m)), binding.array(rstd.view(m)),
+        out=(binding.array(dx.view(m, n)), binding.array(dweight), binding.array(dbias)),
+        wait=binding.ordering.wait,
+    )
+    binding.ordering.after(binding.kernels)
+    return dx, dweight.to(grad_dtype), dbias.to(grad_dtype)
+
+
+@torch.library.custom_op("lnbwd_iree::layer_norm_bwd", mutates_args=(), tags=_OP_TAGS)
+def layer_norm_bwd(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) from the forward's mean and rstd. dweight and dbias
+    have weight's dtype (x's when there is no weight)."""
+    return _backward_kernel(dy, x, weight, mean, rstd)
+
+
+@layer_norm_bwd.register_fake
+def _(dy, x, weight, mean, rstd):
+    n = _check_inputs(x, {"weight": weight})
+    grad_dtype = weight.dtype if weight is not None else x.dtype
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(n, dtype=grad_dtype), x.new_empty(n, dtype=grad_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _gradients(dy, x, weight, bias, mean, rstd, backward_kernel):
+    """(dx, dweight, dbias) for autograd; None for a missing weight or bias."""
+    if torch.is_grad_enabled():
+        # create_graph: the backward must itself be differentiable (double
+        # backward), which the IREE kernel is not; aten's layer_norm backward
+        # is, and accounts for mean and rstd depending on x.
+        n = x.shape[-1]
+        dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
+            dy, x, [n], mean.unsqueeze(-1), rstd.unsqueeze(-1), weight, bias,
+            [True, weight is not None, bias is not None],
+        )
+    else:
+        dx, dweight, dbias = backward_kernel(dy, x, weight, mean, rstd)
+    return dx, dweight if weight is not None else None, dbias if bias is not None else None
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    return (*_gradients(dy, *ctx.saved_tensors, layer_norm_bwd), None)
+
+
+layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+# CUDA autocast runs torch's layer_norm in f32 (input cast, f32 output); CPU
+# autocast leaves layer_norm in the input's dtype, as does an unregistered op.
+torch.library.register_autocast("lnbwd_iree::layer_norm_fwd", "cuda", torch.float32)
+
+
+class _EagerLayerNorm(torch.autograd.Function):
+    """The custom ops' forward and backward without torch's dispatch of
+    Python custom ops, which costs more than the IREE call on small shapes;
+    used in plain eager mode only (see ``_plain_eager``). The CUDA autocast
+    rule is the ops' rule: f32 inputs, autocast off inside."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x, weight, bias, eps):
-        kernels = kernels_for_tensor(x)
-        x = x.contiguous()
-        y = torch.empty_like(x)
-        stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        mean = torch.empty(x.shape[:-1], dtype=stats_dtype, device=x.device)
-        rstd = torch.empty(x.shape[:-1], dtype=stats_dtype, device=x.device)
-        _before_iree(x)
-        kernels.forward(
-            *(as_device_array(kernels, t) for t in (x, weight, bias)),
-            eps=eps,
-            out=tuple(as_device_array(kernels, t) for t in (y, mean, rstd)),
-        )
-        ctx.save_for_backward(x, weight, mean, rstd)
+        y, mean, rstd = _forward_kernel(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        kernels = kernels_for_tensor(x)
-        dy = dy.contiguous()
-        dx, dweight, dbias = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
-        _before_iree(dy)
-        kernels.backward(
-            *(as_device_array(kernels, t) for t in (dy, x, weight, mean, rstd)),
-            out=tuple(as_device_array(kernels, t) for t in (dx, dweight, dbias)),
+        return (*_gradients(dy, *ctx.saved_tensors, _backward_kernel), None)
+
+
+def _plain_eager(*tensors) -> bool:
+    """True outside torch.compile/export tracing, dispatch modes and tensor
+    subclasses (fake, functional, DTensor), where the custom ops must be used."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """``torch.nn.functional.layer_norm`` with the IREE kernels."""
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != normalized_shape:
+        raise ValueError(
+            f"layer_norm over normalized_shape {normalized_shape} needs an input whose last {k} dims are "
+            f"{normalized_shape}, got shape {tuple(x.shape)}"
         )
-        return dx, dweight, dbias, None
+    n = math.prod(normalized_shape)
+    flat = x.reshape(*x.shape[: x.dim() - k], n)
+    weight = weight.reshape(n) if weight is not None else None
+    bias = bias.reshape(n) if bias is not None else None
+    if _plain_eager(flat, weight, bias):
+        return _EagerLayerNorm.apply(flat, weight, bias, float(eps)).reshape(x.shape)
+    return layer_norm_fwd(flat, weight, bias, float(eps))[0].reshape(x.shape)
 
 
 class LayerNorm(torch.nn.Module):
@@ -95,20 +417,16 @@ class LayerNorm(torch.nn.Module):
         factory = {"device": device, "dtype": dtype}
         if elementwise_affine:
             self.weight = torch.nn.Parameter(torch.ones(self.normalized_shape, **factory))
-            self.bias = torch.nn.Parameter(torch.zeros(self.normalized_shape, **factory)) if bias else None
+            if bias:
+                self.bias = torch.nn.Parameter(torch.zeros(self.normalized_shape, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
 
     def forward(self, x):
-        k = len(self.normalized_shape)
-        if tuple(x.shape[-k:]) != self.normalized_shape:
-            raise ValueError(f"input shape {tuple(x.shape)} does not end with normalized_shape {self.normalized_shape}")
-        n = int(np.prod(self.normalized_shape))
-        flat = x.reshape(*x.shape[:-k], n)
-        weight = self.weight.reshape(n) if self.weight is not None else torch.ones(n, dtype=x.dtype, device=x.device)
-        bias = self.bias.reshape(n) if self.bias is not None else torch.zeros(n, dtype=x.dtype, device=x.device)
-        return LayerNormFunction.apply(flat, weight, bias, self.eps).reshape(x.shape)
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

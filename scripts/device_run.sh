@@ -41,10 +41,11 @@ for step in "$@"; do
         --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
         --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$step.json" --force ;;
     torch)
-      # lnbwd_iree.torch on CUDA tensors: parity tests (dynamic artifacts) and a forward+backward timing.
+      # lnbwd_iree.torch on CUDA tensors: parity tests, then scripts/bench_torch.py (module step against
+      # eager, torch.compile and Liger; crossing costs; a Transformer block's training step).
       LNBWD_IREE_TEST_DEVICES=cuda python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_torch.py" -k cuda 2>&1 \
         | tee "$OUT/pytest_torch_cuda.log" | tail -8
-      python3 "$REPO/scripts/bench_torch.py" cuda 8192x4096 4096x1024 && cp "$REPO"/benchmarks/torch_layernorm_cuda.* "$OUT"/ ;;
+      python3 "$REPO/scripts/bench_torch.py" --device cuda --out "$OUT" ;;
     flags)
       # Runtime flag variants on three shapes, IREE only (IREE_PY_RUNTIME_FLAGS is read at import).
       for flags in "" "--cuda_async_allocations=false" "--cuda_use_streams=false"; do
