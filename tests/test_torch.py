@@ -1,6 +1,7 @@
 """lnbwd_iree.torch against torch.nn.LayerNorm (CPU, and CUDA where present)."""
 
 import ctypes
+import os
 
 import numpy as np
 import pytest
@@ -514,3 +515,26 @@ def test_gpu_device_matching_by_uuid_then_ordinal(monkeypatch):
     assert ours_module._iree_device_info(by_ordinal, "hip", 1)["device_id"] == 1
     with pytest.raises(RuntimeError, match=r"cuda:2 \(uuid uuid-2\) has no IREE 'hip' device: IREE lists \['0', '1'\]"):
         ours_module._iree_device_info(by_ordinal, "hip", 2)
+
+
+def test_ddp_train_script_with_torchrun_on_two_cpu_processes(tmp_path):
+    """scripts/ddp_train.py, as torchrun starts it (gloo, two CPU processes):
+    both runs end with the same parameters on every rank, and ours agree with
+    nn.LayerNorm's within the script's f32 tolerance."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    report = tmp_path / "ddp.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ddp_train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--device", "cpu", "--width", "32", "--tokens", "6", "--batch", "4", "--steps", "6", "--warmup", "2",
+               "--lr", "0.05", "--json", str(report)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(report.read_text())
+    assert result["world_size"] == 2 and result["backend"] == "gloo"
+    assert all(run["ranks_identical"] for run in result["runs"].values())
+    assert result["relative_parameter_difference"] <= result["tolerance"] == 1e-4
+    assert result["ok"]
