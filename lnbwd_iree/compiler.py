@@ -5,7 +5,9 @@ a deployment that ships .vmfb files needs the runtime alone."""
 
 from __future__ import annotations
 
+import tempfile
 from importlib import metadata
+from pathlib import Path
 
 from .kernels import Specialization
 from .targets import Target
@@ -27,6 +29,22 @@ def numbered(source: str) -> str:
     return "\n".join(f"{i:4d}: {line}" for i, line in enumerate(source.splitlines(), start=1))
 
 
+def compile_spec(spec: Specialization, target: Target, extra_args=()) -> bytes:
+    """Runs iree-compile on ``spec``'s source for ``target``: the target's
+    flags, ``extra_args``, and the specialisation's transform library, if it
+    has one, given as a file."""
+    from iree.compiler import tools
+
+    library = spec.transform_library(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        flags = [*target.flags(), *extra_args]
+        if library:
+            path = Path(tmp) / f"{spec.stem}_configs.mlir"
+            path.write_text(library)
+            flags.append(f"--iree-codegen-transform-dialect-library={path}@__kernel_config")
+        return tools.compile_str(spec.source(target), extra_args=flags)
+
+
 def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
     try:
         from iree.compiler import tools
@@ -36,10 +54,9 @@ def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
             "installed: pip install 'lnbwd-iree[compile]', or point artifact_dir at a folder made by "
             "`lnbwd-iree compile --out DIR`"
         ) from e
-    source = spec.source(target)
     try:
-        return tools.compile_str(source, extra_args=list(target.flags()))
+        return compile_spec(spec, target)
     except tools.CompilerToolError as e:
         raise CompilationError(
-            f"iree-compile failed on {spec.stem} for {target.name}:\n{e}\n--- source ---\n{numbered(source)}"
+            f"iree-compile failed on {spec.stem} for {target.name}:\n{e}\n--- source ---\n{numbered(spec.source(target))}"
         ) from e

@@ -11,6 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+from . import row_block_pipeline
 from .targets import Target
 from .template import render
 
@@ -138,11 +139,14 @@ class Specialization:
     @staticmethod
     def _compilation_info(tiles: str, threads: int, subgroup: int, pipeline: str = "TileAndFuse") -> str:
         """A compilation_info attribute entry for a linalg op: lowering config
-        ``tiles`` run by ``pipeline`` with ``threads`` per workgroup."""
+        ``tiles`` run by ``pipeline`` (an IREE GPU pipeline's name, or a
+        pipeline attribute) with ``threads`` per workgroup."""
+        if not pipeline.startswith("#"):
+            pipeline = f"#iree_gpu.pipeline<{pipeline}>"
         return (
             ", compilation_info = #iree_codegen.compilation_info<"
             f"lowering_config = #iree_gpu.lowering_config<{{{tiles}}}>, "
-            f"translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<{pipeline}> "
+            f"translation_info = #iree_codegen.translation_info<pipeline = {pipeline} "
             f"workgroup_size = [{threads}, 1, 1] subgroup_size = {subgroup}>>"
         )
 
@@ -243,12 +247,18 @@ class Specialization:
             return f"lane_basis = {counts(lanes)}, subgroup_basis = {counts(subgroups)}, thread = {thread}"
 
         partial = f"{basis([0, 2, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
+        # The textual pipeline of row_block_pipeline.py keeps the partials in
+        # registers; IREE copies this op's config to every op of the dispatch,
+        # and its lowering_strategy (row_block_configs.mlir) gives each op its own.
+        strategy = f'{partial}, lowering_strategy = "lnbwd_row_block_configs"'
+        pipeline = f'#iree_codegen.pass_pipeline<"{row_block_pipeline.PIPELINE}">'
         return {
             "G": str(blocks),
             "R": str(rows),
-            "ROW_BLOCK_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
-            "ROW_BLOCK_ZERO_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
-            "ROW_BLOCK_PARTIAL_CONFIG": self._compilation_info(partial, lanes * subgroups, lanes, "VectorDistribute"),
+            "ROW_BLOCK_ROW_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
+            "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
+            "ROW_BLOCK_PARTIAL_TILES": f"#iree_gpu.lowering_config<{{{partial}}}>",
+            "ROW_BLOCK_PARTIAL_CONFIG": self._compilation_info(strategy, lanes * subgroups, lanes, pipeline),
             "PARTIALS": f"{blocks}x2x?x{ACCUMULATOR[self.dtype]}",
             "FINAL_SUMS": "column_sums_per_result.mlir",
             "PARTIAL_SUM_CONFIG": self._partial_sum_config(lanes, blocks),
@@ -283,8 +293,8 @@ class Specialization:
             f"  %rstd = tensor.cast %rstd_fused : {stats} to {stats}"
         )
 
-    def source(self, target: Target) -> str:
-        fields = {
+    def _fields(self) -> dict[str, str]:
+        return {
             "T": self.dtype,
             "A": ACCUMULATOR[self.dtype],
             "M": "?" if self.m is None else str(self.m),
@@ -292,6 +302,20 @@ class Specialization:
             "GRADIENT_PASSES": "row_then_column_passes.mlir",
             "COLUMN_SUMS": "column_sums_direct.mlir",
         }
+
+    def transform_library(self, target: Target) -> str:
+        """The transform library iree-compile needs for this specialisation
+        (--iree-codegen-transform-dialect-library), or "" for none: the
+        one-pass backward's per-op lowering configs (row_block_configs.mlir)."""
+        if self.kernel.name != "layernorm_backward":
+            return ""
+        row_blocks = self.row_blocks(target)
+        if row_blocks is None:
+            return ""
+        return render("row_block_configs.mlir", {**self._fields(), **self.row_block_configs(target, *row_blocks)})
+
+    def source(self, target: Target) -> str:
+        fields = self._fields()
         if self.kernel.name == "layernorm_backward":
             row_blocks = self.row_blocks(target)
             if row_blocks is not None:
@@ -320,4 +344,5 @@ class Specialization:
         return render(f"{self.kernel.name}.mlir", fields)
 
     def source_hash(self, target: Target) -> str:
-        return hashlib.sha256(self.source(target).encode()).hexdigest()
+        """SHA-256 of everything compiled besides the flags: the source and its transform library."""
+        return hashlib.sha256((self.source(target) + self.transform_library(target)).encode()).hexdigest()

@@ -2,6 +2,7 @@
 
 import pytest
 
+from lnbwd_iree import row_block_pipeline
 from lnbwd_iree.kernels import LAYERNORM_BACKWARD, Specialization
 from lnbwd_iree.targets import Target, target_for
 
@@ -77,3 +78,40 @@ def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, per
     source = Specialization(LAYERNORM_BACKWARD, dtype, *shape).source(target)
     assert ("%dgamma_parts = tensor.extract_slice %partials" in source) == per_result
     assert ("%col_sums = linalg.generic" in source) == (not per_result)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target",
+    [("f32", (8192, 4096), CUDA), ("bf16", (32768, 1024), GFX942), ("f32", (4096, 1024), CUDA)],
+    ids=str,
+)
+def test_one_pass_keeps_the_partials_in_registers(dtype, shape, target):
+    """The one-pass dispatch runs the pass pipeline that turns its row loop
+    into an scf.for (forall-to-for after the serial tiling level), and its
+    transform library gives each op back the config IREE overwrote."""
+    spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
+    blocks, rows, subgroups = spec.row_blocks(target)
+    source, library = spec.source(target), spec.transform_library(target)
+    passes = row_block_pipeline.PASSES
+    serial = next(i for i, p in enumerate(passes) if "tiling-level=serial" in p)
+    assert "iree-codegen-forall-to-for" in passes[serial:]
+    assert passes[0] == "iree-codegen-lowering-config-interpreter"
+    assert f'#iree_codegen.pass_pipeline<"{row_block_pipeline.PIPELINE}">' in source
+    assert 'lowering_strategy = "lnbwd_row_block_configs"' in source
+    for role in ("fill", "row", "zero", "partials"):
+        assert f'lnbwd_role = "{role}"' in source and f'lnbwd_role = "{role}"' in library
+    vector = spec.vector
+    assert f"thread = [0, 0, {vector}]" in library and f"thread = [0, 2, {vector}, 0]" in library
+    assert "lowering_strategy" not in library  # the restored configs do not re-apply it
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target",
+    [("f32", (96, 1000), CUDA), ("f32", (8192, 4096), CPU), ("f32", (None, None), CUDA)],
+    ids=str,
+)
+def test_two_passes_need_no_transform_library(dtype, shape, target):
+    spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
+    assert spec.row_blocks(target) is None
+    assert spec.transform_library(target) == ""
+    assert "pass_pipeline" not in spec.source(target)
