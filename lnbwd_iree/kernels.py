@@ -188,41 +188,27 @@ class Specialization:
         (row_block_pass.mlir): G workgroups of S subgroups, each walking R
         rows; None for the two-pass design.
 
-        Chosen from H100 measurements against the two passes
-        (docs/performance.md). For large shapes it wins with rows of up to
-        32 KiB in f32 (8192x4096: 253 -> 202 us; 16384x8192: 903 -> 797 us)
-        and 2 KiB in 16-bit types:
-        each row step reads and writes its block's fp32 partial sums (2N
-        values, in L2), which costs more than the saved second pass once a
-        row holds fewer bytes of data than of partials. Small shapes too: f32
-        4096x1024 is GPU-bound with two passes (58-61 -> 40-44 us per call);
-        the other small shapes are host-bound (~40 us per call) either way."""
+        Each lane holds 16 elements of a row (four 16-byte f32 vectors, two
+        of 16-bit data) and its columns' fp32 partial sums (32 registers)
+        across the row loop. Rows beyond 512 lanes x 16 elements (8192 on
+        CUDA) keep two passes: a 1024-thread workgroup may use 64 registers
+        per thread, too few for the row and its partials (H100, 4096x16384:
+        one pass 833 us, two passes 479 us in f32; 310 vs 291 us in bf16).
+        Blocks of at least 32 rows, at most ~8 workgroups per SM/CU
+        (Target.compute_units) and at most 2^21 / N blocks (16 MiB of fp32
+        partials): more blocks cost more partials to write and sum
+        (docs/performance.md, changes 29-30)."""
         if not target.is_gpu or self.m is None or self.n is None:
             return None
-        row_bytes = self.n * ITEMSIZE[self.dtype]
-        if row_bytes > (32768 if self.dtype == "f32" else 2048):
-            return None
         lanes = subgroup_size(target)
-        if row_bytes > 16384:
-            # f32 rows of 16-32 KiB: workgroups of 1024 threads, 64-row
-            # blocks, or two passes where such a workgroup does not divide N
-            # (16384x8192: 903 -> 797 us; 16 subgroups 956 us, 32-row blocks
-            # 802 us; 4096x16384, 64 KiB rows, no configuration beat two passes).
-            subgroups, rows = 1024 // lanes, 64
-            if self.n % (lanes * subgroups * self.vector):
-                return None
-        else:
-            # About 2 KiB of a row per subgroup: the best of 1-32 subgroups
-            # measured for rows of 768-16384 elements, or within 10% of it.
-            wanted = max(1, row_bytes // 2048)
-            subgroups = next((s for s in range(wanted, 0, -1) if self.n % (lanes * s * self.vector) == 0), None)
-            if subgroups is None:
-                return None
-            # 64-row blocks for rows under 4 KiB, else 32 (within a few
-            # percent of the best of 8-128 on each measured shape).
-            rows = 64 if row_bytes < 4096 else 32
-        # Halved while fewer than 2^15 threads would run: a block walks its
-        # rows one at a time.
+        wanted = max(1, self.n // (lanes * 16))
+        subgroups = next((s for s in range(wanted, 0, -1) if self.n % (lanes * s * self.vector) == 0), None)
+        if subgroups is None or lanes * subgroups > 512 or self.n > lanes * subgroups * 32:
+            return None
+        max_blocks = min(1 << int(math.log2(8 * target.compute_units)), 2**21 // self.n)
+        rows = max(32, self.m // max_blocks)
+        # Halved while fewer than 2^15 threads would run (small shapes): a
+        # block walks its rows one at a time.
         while rows > 2 and (self.m % rows or self.m // rows * lanes * subgroups < 2**15):
             rows //= 2
         if self.m % rows:

@@ -14,21 +14,27 @@ CPU = target_for("local-task")
 @pytest.mark.parametrize(
     "dtype, shape, target, expected",
     [
-        # (G, R, S): blocks, rows per block, subgroups per workgroup.
+        # (G, R, S): blocks, rows per block, subgroups per workgroup; 16
+        # elements of a row per lane, blocks of >= 32 rows.
         ("f32", (8192, 4096), CUDA, (256, 32, 8)),
         ("f32", (32768, 1024), CUDA, (1024, 32, 2)),
+        # At most 8 workgroups per SM: 1024 blocks of 64 rows, not 2048 of 32.
         ("f32", (65536, 768), CUDA, (1024, 64, 1)),
-        ("bf16", (32768, 1024), CUDA, (1024, 32, 1)),
-        # wave64: a step covers 64 lanes x 8 bf16 = 512 columns, which divides 1024, not 768.
-        ("bf16", (32768, 1024), GFX942, (512, 64, 1)),
+        # MI300X's 304 CUs take up to 2048 workgroups.
+        ("f32", (65536, 768), GFX942, (2048, 32, 1)),
+        ("bf16", (32768, 1024), CUDA, (1024, 32, 2)),
+        ("bf16", (8192, 4096), CUDA, (256, 32, 8)),
+        # wave64: 64 lanes x 16 elements; a step of 64 lanes x 8 bf16 = 512
+        # columns divides 1024, not 768.
+        ("bf16", (32768, 1024), GFX942, (1024, 32, 1)),
         ("bf16", (65536, 768), GFX942, None),
-        # f32 rows of 32 KiB: 1024-thread workgroups (32 or 16 subgroups) and 64-row blocks.
-        ("f32", (16384, 8192), CUDA, (256, 64, 32)),
-        ("f32", (16384, 8192), GFX942, (256, 64, 16)),
-        # Rows beyond 32 KiB (f32) or 2 KiB (16-bit) keep two passes.
+        # Rows of 8192: 512-thread workgroups, at most 2^21 / N = 256 blocks.
+        ("f32", (16384, 8192), CUDA, (256, 64, 16)),
+        ("bf16", (16384, 8192), CUDA, (256, 64, 16)),
+        ("f32", (16384, 8192), GFX942, (256, 64, 8)),
+        # Rows beyond 512 lanes x 16 elements keep two passes.
         ("f32", (4096, 16384), CUDA, None),
-        ("bf16", (16384, 8192), CUDA, None),
-        ("bf16", (8192, 4096), CUDA, None),
+        ("bf16", (4096, 16384), CUDA, None),
         # Small shapes: fewer rows per block, so that 2^15 threads still run.
         ("f32", (4096, 1024), CUDA, (512, 8, 2)),
         ("bf16", (1024, 512), CUDA, (512, 2, 1)),
