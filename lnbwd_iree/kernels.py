@@ -198,8 +198,12 @@ class Specialization:
         (Target.compute_units) and at most 2^21 / N blocks (16 MiB of fp32
         partials): more blocks cost more partials to write and sum
         (docs/performance.md, changes 29-30)."""
-        # f64 exists for CPU gradchecks; GPU schedules are written for f32 and 16-bit data.
-        if not target.is_gpu or self.m is None or self.n is None or self.dtype == "f64":
+        # f64 exists for CPU gradchecks; GPU schedules are written for f32 and
+        # 16-bit data. The pass pipeline is LLVMGPU's (CUDA, ROCm), and the
+        # grid needs the chip's SM/CU count.
+        if self.m is None or self.n is None or self.dtype == "f64" or target.backend not in ("cuda", "rocm"):
+            return None
+        if target.compute_units is None:
             return None
         lanes = subgroup_size(target)
         wanted = max(1, self.n // (lanes * 16))

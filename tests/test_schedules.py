@@ -42,6 +42,9 @@ CPU = target_for("local-task")
         # dynamic shapes keep two passes.
         ("f32", (96, 1000), CUDA, None),
         ("f32", (8192, 4096), CPU, None),
+        # Chips without known SM/CU figures and Vulkan keep two passes.
+        ("f32", (8192, 4096), Target("cuda", "sm_86", ("cuda",)), None),
+        ("f32", (8192, 4096), Target("vulkan-spirv", "generic", ("vulkan",)), None),
         ("f32", (None, None), CUDA, None),
     ],
     ids=str,
