@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+import tempfile
 from importlib import metadata
+from pathlib import Path
 
 from .kernels import Specialization
 from .targets import Target
@@ -75,6 +77,20 @@ def run_compiler(source: str, flags, what: str) -> bytes:
     return process.stdout
 
 
+def compile_spec(spec: Specialization, target: Target, extra_args=()) -> bytes:
+    """iree-compile on ``spec``'s source for ``target``: the target's flags,
+    ``extra_args``, and the specialisation's transform library, if it has
+    one, given as a file."""
+    library = spec.transform_library(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        flags = [*target.flags(), *extra_args]
+        if library:
+            path = Path(tmp) / f"{spec.stem}_configs.mlir"
+            path.write_text(library)
+            flags.append(f"--iree-codegen-transform-dialect-library={path}@__kernel_config")
+        return run_compiler(spec.source(target), flags, f"{spec.stem} for {target.name}")
+
+
 def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
     if compiler_version() is None:
         raise RuntimeError(
@@ -82,4 +98,4 @@ def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
             "installed: pip install 'lnbwd-iree[compile]', or point artifact_dir at a folder made by "
             "`lnbwd-iree compile --out DIR`"
         )
-    return run_compiler(spec.source(target), target.flags(), f"{spec.stem} for {target.name}")
+    return compile_spec(spec, target)

@@ -11,6 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+from . import row_block_pipeline
 from .targets import Target
 from .template import render
 
@@ -151,11 +152,14 @@ class Specialization:
     @staticmethod
     def _compilation_info(tiles: str, threads: int, subgroup: int, pipeline: str = "TileAndFuse") -> str:
         """A compilation_info attribute entry for a linalg op: lowering config
-        ``tiles`` run by ``pipeline`` with ``threads`` per workgroup."""
+        ``tiles`` run by ``pipeline`` (an IREE GPU pipeline's name, or a
+        pipeline attribute) with ``threads`` per workgroup."""
+        if not pipeline.startswith("#"):
+            pipeline = f"#iree_gpu.pipeline<{pipeline}>"
         return (
             ", compilation_info = #iree_codegen.compilation_info<"
             f"lowering_config = #iree_gpu.lowering_config<{{{tiles}}}>, "
-            f"translation_info = #iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<{pipeline}> "
+            f"translation_info = #iree_codegen.translation_info<pipeline = {pipeline} "
             f"workgroup_size = [{threads}, 1, 1] subgroup_size = {subgroup}>>"
         )
 
@@ -241,41 +245,32 @@ class Specialization:
         (row_block_pass.mlir): G workgroups of S subgroups, each walking R
         rows; None for the two-pass design.
 
-        Chosen from H100 measurements against the two passes
-        (docs/performance.md). For large shapes it wins with rows of up to
-        32 KiB in f32 (8192x4096: 253 -> 202 us; 16384x8192: 903 -> 797 us)
-        and 2 KiB in 16-bit types:
-        each row step reads and writes its block's fp32 partial sums (2N
-        values, in L2), which costs more than the saved second pass once a
-        row holds fewer bytes of data than of partials. Small shapes too: f32
-        4096x1024 is GPU-bound with two passes (58-61 -> 40-44 us per call);
-        the other small shapes are host-bound (~40 us per call) either way."""
-        if not target.is_gpu or self.m is None or self.n is None:
+        Each lane holds 16 elements of a row (four 16-byte f32 vectors, two
+        of 16-bit data) and its columns' fp32 partial sums (32 registers)
+        across the row loop. Rows beyond 512 lanes x 16 elements (8192 on
+        CUDA) keep two passes: a 1024-thread workgroup may use 64 registers
+        per thread, too few for the row and its partials (H100, 4096x16384:
+        one pass 833 us, two passes 479 us in f32; 310 vs 291 us in bf16).
+        Blocks of at least 32 rows, at most ~8 workgroups per SM/CU
+        (Target.compute_units) and at most 2^21 / N blocks (16 MiB of fp32
+        partials): more blocks cost more partials to write and sum
+        (docs/performance.md, changes 29-30)."""
+        # f64 exists for CPU gradchecks; GPU schedules are written for f32 and
+        # 16-bit data. The pass pipeline is LLVMGPU's (CUDA, ROCm), and the
+        # grid needs the chip's SM/CU count.
+        if self.m is None or self.n is None or self.dtype == "f64" or target.backend not in ("cuda", "rocm"):
             return None
-        row_bytes = self.n * ITEMSIZE[self.dtype]
-        if row_bytes > (32768 if self.dtype == "f32" else 2048):
+        if target.compute_units is None:
             return None
         lanes = subgroup_size(target)
-        if row_bytes > 16384:
-            # f32 rows of 16-32 KiB: workgroups of 1024 threads, 64-row
-            # blocks, or two passes where such a workgroup does not divide N
-            # (16384x8192: 903 -> 797 us; 16 subgroups 956 us, 32-row blocks
-            # 802 us; 4096x16384, 64 KiB rows, no configuration beat two passes).
-            subgroups, rows = 1024 // lanes, 64
-            if self.n % (lanes * subgroups * self.vector):
-                return None
-        else:
-            # About 2 KiB of a row per subgroup: the best of 1-32 subgroups
-            # measured for rows of 768-16384 elements, or within 10% of it.
-            wanted = max(1, row_bytes // 2048)
-            subgroups = next((s for s in range(wanted, 0, -1) if self.n % (lanes * s * self.vector) == 0), None)
-            if subgroups is None:
-                return None
-            # 64-row blocks for rows under 4 KiB, else 32 (within a few
-            # percent of the best of 8-128 on each measured shape).
-            rows = 64 if row_bytes < 4096 else 32
-        # Halved while fewer than 2^15 threads would run: a block walks its
-        # rows one at a time.
+        wanted = max(1, self.n // (lanes * 16))
+        subgroups = next((s for s in range(wanted, 0, -1) if self.n % (lanes * s * self.vector) == 0), None)
+        if subgroups is None or lanes * subgroups > 512 or self.n > lanes * subgroups * 32:
+            return None
+        max_blocks = min(1 << int(math.log2(8 * target.compute_units)), 2**21 // self.n)
+        rows = max(32, self.m // max_blocks)
+        # Halved while fewer than 2^15 threads would run (small shapes): a
+        # block walks its rows one at a time.
         while rows > 2 and (self.m % rows or self.m // rows * lanes * subgroups < 2**15):
             rows //= 2
         if self.m % rows:
@@ -300,12 +295,18 @@ class Specialization:
             return f"lane_basis = {counts(lanes)}, subgroup_basis = {counts(subgroups)}, thread = {thread}"
 
         partial = f"{basis([0, 2, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
+        # The textual pipeline of row_block_pipeline.py keeps the partials in
+        # registers; IREE copies this op's config to every op of the dispatch,
+        # and its lowering_strategy (row_block_configs.mlir) gives each op its own.
+        strategy = f'{partial}, lowering_strategy = "lnbwd_row_block_configs"'
+        pipeline = f'#iree_codegen.pass_pipeline<"{row_block_pipeline.PIPELINE}">'
         return {
             "G": str(blocks),
             "R": str(rows),
-            "ROW_BLOCK_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
-            "ROW_BLOCK_ZERO_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
-            "ROW_BLOCK_PARTIAL_CONFIG": self._compilation_info(partial, lanes * subgroups, lanes, "VectorDistribute"),
+            "ROW_BLOCK_ROW_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
+            "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
+            "ROW_BLOCK_PARTIAL_TILES": f"#iree_gpu.lowering_config<{{{partial}}}>",
+            "ROW_BLOCK_PARTIAL_CONFIG": self._compilation_info(strategy, lanes * subgroups, lanes, pipeline),
             "PARTIALS": f"{blocks}x2x?x{ACCUMULATOR[self.dtype]}",
             "FINAL_SUMS": "column_sums_per_result.mlir",
             "PARTIAL_SUM_CONFIG": self._partial_sum_config(lanes, blocks),
@@ -340,8 +341,8 @@ class Specialization:
             f"  %rstd = tensor.cast %rstd_fused : {stats} to {stats}"
         )
 
-    def source(self, target: Target) -> str:
-        fields = {
+    def _fields(self) -> dict[str, str]:
+        return {
             "T": self.dtype,
             "A": ACCUMULATOR[self.dtype],
             "M": "?" if self.m is None else str(self.m),
@@ -352,6 +353,20 @@ class Specialization:
             "STATS_ROOT_CONFIG": "",
             "FORWARD_Y_CONFIG": "",
         }
+
+    def transform_library(self, target: Target) -> str:
+        """The transform library iree-compile needs for this specialisation
+        (--iree-codegen-transform-dialect-library), or "" for none: the
+        one-pass backward's per-op lowering configs (row_block_configs.mlir)."""
+        if self.kernel.name != "layernorm_backward":
+            return ""
+        row_blocks = self.row_blocks(target)
+        if row_blocks is None:
+            return ""
+        return render("row_block_configs.mlir", {**self._fields(), **self.row_block_configs(target, *row_blocks)})
+
+    def source(self, target: Target) -> str:
+        fields = self._fields()
         if self.kernel.name == "layernorm_forward":
             schedule = self.forward_schedule(target)
             if schedule is not None:
@@ -384,4 +399,5 @@ class Specialization:
         return render(f"{self.kernel.name}.mlir", fields)
 
     def source_hash(self, target: Target) -> str:
-        return hashlib.sha256(self.source(target).encode()).hexdigest()
+        """SHA-256 of everything compiled besides the flags: the source and its transform library."""
+        return hashlib.sha256((self.source(target) + self.transform_library(target)).encode()).hexdigest()

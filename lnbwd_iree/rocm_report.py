@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .compiler import compile_spec
 from .kernels import Specialization
 from .targets import Target
 
@@ -82,13 +83,8 @@ def parse_metadata(assembly: str) -> list[KernelResources]:
 
 def kernel_resources(spec: Specialization, target: Target) -> list[KernelResources]:
     """Compiles ``spec`` for a ROCm ``target`` and reads its kernels' resources."""
-    from iree.compiler import tools
-
     with tempfile.TemporaryDirectory() as tmp:
-        tools.compile_str(
-            spec.source(target),
-            extra_args=[*target.flags(), f"--iree-hal-dump-executable-intermediates-to={tmp}"],
-        )
+        compile_spec(spec, target, [f"--iree-hal-dump-executable-intermediates-to={tmp}"])
         return [k for asm in sorted(Path(tmp).glob("*.rocmasm")) for k in parse_metadata(asm.read_text())]
 
 

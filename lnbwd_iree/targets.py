@@ -43,6 +43,12 @@ class Target:
             flags += [f"--iree-llvmcpu-target-cpu={self.chip}"]
         return tuple(flags)
 
+    @property
+    def compute_units(self) -> int | None:
+        """Streaming multiprocessors (CUDA) or compute units (ROCm) of the chip
+        this target's artifacts are sized for (COMPUTE_UNITS), None for CPUs."""
+        return COMPUTE_UNITS.get(self.chip) if self.is_gpu else None
+
     def check_dtype(self, dtype: str) -> None:
         """Raises TypeError for a dtype this backend cannot compile."""
         if (self.backend, dtype) in UNSUPPORTED_DTYPES:
@@ -77,6 +83,13 @@ UNSUPPORTED_DTYPES = {
 }
 
 ROCM_CHIPS = ("gfx942", "gfx90a", "gfx1100")
+# Known figures of the chips, used to size GPU grids (not queried: artifacts
+# are built where no GPU may exist). CUDA artifacts are sm_80/sm_89 PTX run
+# on the H100 (132 SMs; IREE 3.13 has no sm_90 target). gfx90a: one MI250
+# GCD, the unit a HIP device is (the card has 2 x 104 CUs). gfx1100: RDNA3's
+# 48 WGPs (96 CUs in CU mode), wave32. A chip not listed here gets the
+# designs that need no such figure (the backward's two passes).
+COMPUTE_UNITS = {"sm_80": 132, "sm_89": 132, "gfx942": 304, "gfx90a": 104, "gfx1100": 48}
 # IREE 3.13 has no sm_90 target ("missing GPU target"); sm_80/sm_89 PTX runs on Hopper.
 CUDA_CHIPS = ("sm_80", "sm_89")
 

@@ -8,9 +8,12 @@
   // (reductions over j), its dX, and its share of the block's partial column
   // sums (a reduction over the rows r), so dY and X leave DRAM once. The
   // partial sums op carries the schedule (ROW_BLOCK_PARTIAL_CONFIG: one
-  // block per workgroup, r serial); IREE tiles its row loop and fuses the ops
-  // that produce its inputs into it, one row per step. The other ops'
-  // ROW_BLOCK_CONFIG spreads a row over the workgroup's threads.
+  // block per workgroup, r serial, and the pass pipeline of
+  // lnbwd_iree/row_block_pipeline.py); IREE tiles its row loop and fuses the
+  // ops that produce its inputs into it, one row per step, and the block's
+  // partials stay in registers across that loop. Each op's lnbwd_role names
+  // the lowering config that row_block_configs.mlir gives it: "row" spreads a
+  // row over the workgroup's threads.
   %dy_static = tensor.cast %dy : tensor<?x?x{T}> to tensor<{M}x{N}x{T}>
   %x_static = tensor.cast %x : tensor<?x?x{T}> to tensor<{M}x{N}x{T}>
   %gamma_static = tensor.cast %gamma : tensor<?x{T}> to tensor<{N}x{T}>
@@ -22,11 +25,11 @@
   %rstd_blocks = tensor.expand_shape %rstd_static [[0, 1]] output_shape [{G}, {R}] : tensor<{M}x{A}> into tensor<{G}x{R}x{A}>
   %dx_blocks, %partials_static = flow.dispatch.region -> (tensor<{G}x{R}x{N}x{T}>, tensor<{G}x2x{N}x{A}>) {
     %block_row_init = tensor.empty() : tensor<{G}x{R}x{A}>
-    %block_row_zero = linalg.fill ins(%zero : {A}) outs(%block_row_init : tensor<{G}x{R}x{A}>) -> tensor<{G}x{R}x{A}>
+    %block_row_zero = linalg.fill {lnbwd_role = "fill"} ins(%zero : {A}) outs(%block_row_init : tensor<{G}x{R}x{A}>) -> tensor<{G}x{R}x{A}>
     // Per-row sum of gamma * dY.
     %block_sum_g = linalg.generic {
         indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (j)>, affine_map<(g, r, j) -> (g, r)>],
-        iterator_types = ["parallel", "parallel", "reduction"]{ROW_BLOCK_CONFIG}}
+        iterator_types = ["parallel", "parallel", "reduction"], lnbwd_role = "row"}
         ins(%dy_blocks, %gamma_static : tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>)
         outs(%block_row_zero : tensor<{G}x{R}x{A}>) {
     {ROW_SUM_G_BODY}
@@ -36,7 +39,7 @@
         indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (j)>,
                          affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>,
                          affine_map<(g, r, j) -> (g, r)>],
-        iterator_types = ["parallel", "parallel", "reduction"]{ROW_BLOCK_CONFIG}}
+        iterator_types = ["parallel", "parallel", "reduction"], lnbwd_role = "row"}
         ins(%dy_blocks, %x_blocks, %gamma_static, %mean_blocks, %rstd_blocks, %block_sum_g
             : tensor<{G}x{R}x{N}x{T}>, tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>)
         outs(%block_row_zero : tensor<{G}x{R}x{A}>) {
@@ -47,20 +50,20 @@
         indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (j)>,
                          affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>,
                          affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r, j)>],
-        iterator_types = ["parallel", "parallel", "parallel"]{ROW_BLOCK_CONFIG}}
+        iterator_types = ["parallel", "parallel", "parallel"], lnbwd_role = "row"}
         ins(%dy_blocks, %x_blocks, %gamma_static, %mean_blocks, %rstd_blocks, %block_sum_g, %block_sum_gc_xhat
             : tensor<{G}x{R}x{N}x{T}>, tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>,
               tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>)
         outs(%block_dx_init : tensor<{G}x{R}x{N}x{T}>) {
     {DX_BODY}
     } -> tensor<{G}x{R}x{N}x{T}>
-    // Zeroed by a generic rather than linalg.fill so that it can carry
-    // ROW_BLOCK_ZERO_CONFIG: without a thread layout every thread stored the
-    // whole [2, N] block of zeros, byte by byte.
+    // Zeroed by a generic rather than linalg.fill so that it can carry a
+    // lowering config ("zero"): without a thread layout every thread stored
+    // the whole [2, N] block of zeros, byte by byte.
     %block_partial_init = tensor.empty() : tensor<{G}x2x{N}x{A}>
     %block_partial_zero = linalg.generic {
         indexing_maps = [affine_map<(g, k, j) -> (g, k, j)>],
-        iterator_types = ["parallel", "parallel", "parallel"]{ROW_BLOCK_ZERO_CONFIG}}
+        iterator_types = ["parallel", "parallel", "parallel"], lnbwd_role = "zero"}
         outs(%block_partial_init : tensor<{G}x2x{N}x{A}>) {
     ^bb0(%out: {A}):
       linalg.yield %zero : {A}
@@ -77,7 +80,7 @@
                          affine_map<(g, k, j, r) -> (g, r)>, affine_map<(g, k, j, r) -> (g, r)>,
                          affine_map<(g, k, j, r) -> (g, r, j)>, affine_map<(g, k, j, r) -> (k)>,
                          affine_map<(g, k, j, r) -> (g, k, j)>],
-        iterator_types = ["parallel", "parallel", "parallel", "reduction"]{ROW_BLOCK_PARTIAL_CONFIG}}
+        iterator_types = ["parallel", "parallel", "parallel", "reduction"], lnbwd_role = "partials"{ROW_BLOCK_PARTIAL_CONFIG}}
         ins(%dy_blocks, %x_blocks, %mean_blocks, %rstd_blocks, %block_dx, %kinds
             : tensor<{G}x{R}x{N}x{T}>, tensor<{G}x{R}x{N}x{T}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>,
               tensor<{G}x{R}x{N}x{T}>, tensor<2xi32>)

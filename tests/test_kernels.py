@@ -170,7 +170,8 @@ def test_static_shape_artifacts(kernels, rng, dtype, shape, cache_dir):
 @pytest.mark.parametrize(
     "dtype, shape",
     [("f32", (8192, 4096)), ("f32", (32768, 1024)), ("f32", (65536, 768)), ("f32", (16384, 8192)),
-     ("bf16", (32768, 1024)), ("bf16", (65536, 768))],
+     ("bf16", (8192, 4096)), ("bf16", (32768, 1024)), ("bf16", (65536, 768)), ("bf16", (16384, 8192)),
+     ("f16", (8192, 4096)), ("f16", (32768, 1024))],
     ids=str,
 )
 def test_one_pass_artifacts(kernels, rng, dtype, shape, cache_dir):

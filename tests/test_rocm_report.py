@@ -14,6 +14,7 @@ GFX942 = Target("rocm", "gfx942", ("hip",))
     [
         Specialization(LAYERNORM_BACKWARD, "f32", 8192, 4096),
         Specialization(LAYERNORM_BACKWARD, "bf16", 32768, 1024),
+        Specialization(LAYERNORM_BACKWARD, "bf16", 8192, 4096),
         Specialization(LAYERNORM_BACKWARD, "f32", 16384, 8192),
         Specialization(LAYERNORM_BACKWARD, "bf16", 4096, 16384),
         Specialization(LAYERNORM_BACKWARD, "f16", 65536, 768),

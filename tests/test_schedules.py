@@ -2,6 +2,7 @@
 
 import pytest
 
+from lnbwd_iree import row_block_pipeline
 from lnbwd_iree.kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Specialization
 from lnbwd_iree.targets import Target, target_for
 
@@ -13,21 +14,27 @@ CPU = target_for("local-task")
 @pytest.mark.parametrize(
     "dtype, shape, target, expected",
     [
-        # (G, R, S): blocks, rows per block, subgroups per workgroup.
+        # (G, R, S): blocks, rows per block, subgroups per workgroup; 16
+        # elements of a row per lane, blocks of >= 32 rows.
         ("f32", (8192, 4096), CUDA, (256, 32, 8)),
         ("f32", (32768, 1024), CUDA, (1024, 32, 2)),
+        # At most 8 workgroups per SM: 1024 blocks of 64 rows, not 2048 of 32.
         ("f32", (65536, 768), CUDA, (1024, 64, 1)),
-        ("bf16", (32768, 1024), CUDA, (1024, 32, 1)),
-        # wave64: a step covers 64 lanes x 8 bf16 = 512 columns, which divides 1024, not 768.
-        ("bf16", (32768, 1024), GFX942, (512, 64, 1)),
+        # MI300X's 304 CUs take up to 2048 workgroups.
+        ("f32", (65536, 768), GFX942, (2048, 32, 1)),
+        ("bf16", (32768, 1024), CUDA, (1024, 32, 2)),
+        ("bf16", (8192, 4096), CUDA, (256, 32, 8)),
+        # wave64: 64 lanes x 16 elements; a step of 64 lanes x 8 bf16 = 512
+        # columns divides 1024, not 768.
+        ("bf16", (32768, 1024), GFX942, (1024, 32, 1)),
         ("bf16", (65536, 768), GFX942, None),
-        # f32 rows of 32 KiB: 1024-thread workgroups (32 or 16 subgroups) and 64-row blocks.
-        ("f32", (16384, 8192), CUDA, (256, 64, 32)),
-        ("f32", (16384, 8192), GFX942, (256, 64, 16)),
-        # Rows beyond 32 KiB (f32) or 2 KiB (16-bit) keep two passes.
+        # Rows of 8192: 512-thread workgroups, at most 2^21 / N = 256 blocks.
+        ("f32", (16384, 8192), CUDA, (256, 64, 16)),
+        ("bf16", (16384, 8192), CUDA, (256, 64, 16)),
+        ("f32", (16384, 8192), GFX942, (256, 64, 8)),
+        # Rows beyond 512 lanes x 16 elements keep two passes.
         ("f32", (4096, 16384), CUDA, None),
-        ("bf16", (16384, 8192), CUDA, None),
-        ("bf16", (8192, 4096), CUDA, None),
+        ("bf16", (4096, 16384), CUDA, None),
         # Small shapes: fewer rows per block, so that 2^15 threads still run.
         ("f32", (4096, 1024), CUDA, (512, 8, 2)),
         ("bf16", (1024, 512), CUDA, (512, 2, 1)),
@@ -35,6 +42,9 @@ CPU = target_for("local-task")
         # dynamic shapes keep two passes.
         ("f32", (96, 1000), CUDA, None),
         ("f32", (8192, 4096), CPU, None),
+        # Chips without known SM/CU figures and Vulkan keep two passes.
+        ("f32", (8192, 4096), Target("cuda", "sm_86", ("cuda",)), None),
+        ("f32", (8192, 4096), Target("vulkan-spirv", "generic", ("vulkan",)), None),
         ("f32", (None, None), CUDA, None),
     ],
     ids=str,
@@ -129,3 +139,40 @@ def test_forward_schedule_leaves_the_backward_statistics_to_iree():
     source = Specialization(LAYERNORM_BACKWARD, "f32", 8192, 4096).source(CUDA)
     assert 'iterator_types = ["parallel", "reduction"]}\n      ins(%x, %pivot' in source
     assert 'iterator_types = ["parallel", "reduction"]}\n      ins(%x, %mean :' in source
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target",
+    [("f32", (8192, 4096), CUDA), ("bf16", (32768, 1024), GFX942), ("f32", (4096, 1024), CUDA)],
+    ids=str,
+)
+def test_one_pass_keeps_the_partials_in_registers(dtype, shape, target):
+    """The one-pass dispatch runs the pass pipeline that turns its row loop
+    into an scf.for (forall-to-for after the serial tiling level), and its
+    transform library gives each op back the config IREE overwrote."""
+    spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
+    blocks, rows, subgroups = spec.row_blocks(target)
+    source, library = spec.source(target), spec.transform_library(target)
+    passes = row_block_pipeline.PASSES
+    serial = next(i for i, p in enumerate(passes) if "tiling-level=serial" in p)
+    assert "iree-codegen-forall-to-for" in passes[serial:]
+    assert passes[0] == "iree-codegen-lowering-config-interpreter"
+    assert f'#iree_codegen.pass_pipeline<"{row_block_pipeline.PIPELINE}">' in source
+    assert 'lowering_strategy = "lnbwd_row_block_configs"' in source
+    for role in ("fill", "row", "zero", "partials"):
+        assert f'lnbwd_role = "{role}"' in source and f'lnbwd_role = "{role}"' in library
+    vector = spec.vector
+    assert f"thread = [0, 0, {vector}]" in library and f"thread = [0, 2, {vector}, 0]" in library
+    assert "lowering_strategy" not in library  # the restored configs do not re-apply it
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target",
+    [("f32", (96, 1000), CUDA), ("f32", (8192, 4096), CPU), ("f32", (None, None), CUDA)],
+    ids=str,
+)
+def test_two_passes_need_no_transform_library(dtype, shape, target):
+    spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
+    assert spec.row_blocks(target) is None
+    assert spec.transform_library(target) == ""
+    assert "pass_pipeline" not in spec.source(target)
