@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from . import runtime, targets
-from .kernels import ITEMSIZE
+from .dtypes import ITEMSIZE
 from .reference import TOLERANCE, backward_reference, forward_reference, relative_error
 
 OPS = ("backward", "forward")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import compiler
-from .kernels import Specialization
+from .specialization import Specialization
 from .targets import Target
 
 CACHE_ENV = "LNBWD_IREE_CACHE"

@@ -12,7 +12,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from .kernels import Specialization
+from .specialization import Specialization
 from .targets import Target
 
 log = logging.getLogger("lnbwd_iree")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .compiler import compile_spec
-from .kernels import Specialization
+from .specialization import Specialization
 from .targets import Target
 
 _FIELDS = {

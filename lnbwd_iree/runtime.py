@@ -21,18 +21,12 @@ from iree import runtime as ireert
 
 from . import compiler
 from .cache import ArtifactStore
-from .kernels import ACCUMULATOR, LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Kernel, Specialization
+from .dtypes import NUMPY_DTYPES, STATS_DTYPES, STORAGE_DTYPES
+from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD
+from .specialization import Entry, Kernel, Role, Specialization
 from .targets import DRIVER_BACKEND, target_for
 
-NUMPY_DTYPES = {
-    np.dtype(np.float64): "f64",
-    np.dtype(np.float32): "f32",
-    np.dtype(np.float16): "f16",
-    np.dtype(ml_dtypes.bfloat16): "bf16",
-}
-STORAGE_DTYPES = {name: dtype for dtype, name in NUMPY_DTYPES.items()}
-# mean and rstd are kept in the arithmetic type: f32, or f64 for f64 data.
-STATS_DTYPES = {name: np.dtype(np.float64 if ACCUMULATOR[name] == "f64" else np.float32) for name in STORAGE_DTYPES}
+__all__ = ["NUMPY_DTYPES", "STATS_DTYPES", "STORAGE_DTYPES", "LayerNormKernels", "check_eps", "check_problem"]
 
 
 def open_device(driver: str) -> ireert.HalDevice:
@@ -113,7 +107,7 @@ def _check_signature(rows, vectors_n, vectors_m) -> Problem:
         raise ValueError(f"{first_name} must have at least 2 dims [..., N], got shape {shape}")
     batch_shape, n = shape[:-1], shape[-1]
     if n == 0:
-        raise ValueError(f"{first_name} has N == 0 (last dim): LayerNorm over an empty row is undefined")
+        raise ValueError(f"{first_name} has N == 0 (last dim): normalising an empty row is undefined")
     m = 1
     for d in batch_shape:
         m *= d
@@ -239,14 +233,6 @@ def _is_healthy(semaphore: ireert.HalSemaphore) -> bool:
     return True
 
 
-# Labels of the arguments in refuse_shared_memory's messages.
-_BACKWARD_NAMES = (
-    ("input dy", "input x", "input gamma", "input mean", "input rstd"),
-    ("out dx", "out dgamma", "out dbeta"),
-)
-_FORWARD_NAMES = (("input x", "input gamma", "input beta"), ("out y", "out mean", "out rstd"))
-
-
 @dataclass
 class _Entry:
     """One loaded entry point and the scratch buffers its calls reuse."""
@@ -286,6 +272,12 @@ def _signature(name: str, arrays) -> tuple | None:
         else:
             return None
     return tuple(key)
+
+
+@functools.lru_cache(maxsize=None)
+def _labels(entry: Entry) -> tuple:
+    """An entry's argument labels in refuse_shared_memory's messages."""
+    return tuple(f"input {a.name}" for a in entry.inputs), tuple(f"out {a.name}" for a in entry.outputs)
 
 
 # Every LayerNormKernels not yet garbage-collected.
@@ -571,9 +563,6 @@ class LayerNormKernels:
             raise ValueError(f"out has {len(given)} arrays; this call has {count} outputs")
         return given + (None,) * (count - len(given))
 
-    def _allocate_missing(self, given, specs) -> tuple:
-        return tuple(a if a is not None else self.allocate(shape, dtype) for a, (_, shape, dtype) in zip(given, specs))
-
     @staticmethod
     def _check_outputs(given, specs: list[tuple[str, tuple[int, ...], np.dtype]]) -> None:
         """The ``given`` outputs checked against ``specs`` [(name, shape, dtype)]."""
@@ -588,18 +577,29 @@ class LayerNormKernels:
                 got_shape, got_dtype = shape_and_dtype(array)
                 raise ValueError(f"out {name} must have shape {shape} and dtype {dtype}, got {got_shape} {got_dtype}")
 
-    def _empty_batch_backward(self, problem: Problem, given, wait: bool) -> tuple:
-        """The gradients of an empty batch (M == 0), torch's convention: an
-        empty dX and zero dgamma and dbeta, written into the ``given`` arrays.
-        A one-row backward with dY = 0 writes the zeros, because a kernel can
-        write any device array and a transfer cannot (DLPack imports, torch's
-        tensors, do not allow the DISCARD_WRITE access a copy or fill needs)."""
-        storage, stats = STORAGE_DTYPES[problem.dtype], STATS_DTYPES[problem.dtype]
-        row = np.zeros((1, problem.n), storage)
-        _, dgamma, dbeta = self.backward(
-            row, row, row[0], np.zeros(1, stats), np.ones(1, stats), out=(None, *given[1:]), wait=wait
-        )
-        return (given[0] if given[0] is not None else self.empty(problem.shape, storage)), dgamma, dbeta
+    def _empty_batch(self, kernel: Kernel, entry: Entry, problem: Problem, specs, given, wait: bool) -> tuple:
+        """The results of an empty batch (M == 0), torch's convention: empty
+        ROWS and ROW_STATS results, zero COLUMNS results (sums over no rows),
+        written into the ``given`` arrays. A one-row call of
+        ``entry.zero_columns_from`` on zero inputs writes the zeros, because a
+        kernel can write any device array and a transfer cannot (DLPack
+        imports, torch's tensors, do not allow the DISCARD_WRITE access a
+        copy or fill needs)."""
+        columns = [arg.role is Role.COLUMNS for arg in entry.outputs]
+        if any(columns):
+            source = kernel.entry(entry.zero_columns_from)
+            storage, stats = STORAGE_DTYPES[problem.dtype], STATS_DTYPES[problem.dtype]
+            one_row = {
+                Role.ROWS: np.zeros((1, problem.n), storage),
+                Role.COLUMNS: np.zeros(problem.n, storage),
+                Role.ROW_STATS: np.ones(1, stats),
+            }
+            written = self.call(
+                kernel, source.name, tuple(one_row[arg.role] for arg in source.inputs),
+                out=tuple(a if is_column else None for a, is_column in zip(given, columns)), wait=wait,
+            )
+            given = tuple(w if is_column else a for a, w, is_column in zip(given, written, columns))
+        return tuple(a if a is not None else self.empty(shape, dtype) for a, (_, shape, dtype) in zip(given, specs))
 
     def _as_matrix(self, array, shape: tuple[int, ...]) -> ireert.DeviceArray:
         """``array`` on the device, viewed with ``shape`` (no copy for device arrays)."""
@@ -615,82 +615,74 @@ class LayerNormKernels:
             )
         return self.to_device(np.reshape(array, shape))
 
-    def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, out=None, wait: bool = True):
-        """dX, dgamma, dbeta as device arrays. ``mean``/``rstd`` are the forward's
-        f32 statistics; when both are None they are recomputed from X with ``eps``.
-        ``out``: device arrays that receive the results: dX alone or (dX,
-        dgamma, dbeta); the rest are allocated. An ``out`` array must not share
-        memory with an input or with another output (ValueError: the kernels
-        read inputs after writing outputs). ``wait=False`` returns once the
-        call is queued: read results only after ``synchronize()``.
-        An empty batch (M == 0) gives an empty dX and zero dgamma and dbeta.
+    def call(self, kernel: Kernel, name: str, inputs: tuple, *, out=None, wait: bool = True, **scalars):
+        """Runs entry point ``name`` of ``kernel`` on ``inputs`` (in the
+        entry's order) and its ``scalars`` (keywords); returns its outputs as
+        device arrays. What each argument must be follows from its role
+        (``lnbwd_iree.specialization.Role``): ROWS inputs share one [..., N]
+        shape, COLUMNS are [N], ROW_STATS one value per row in the arithmetic
+        type; all in one storage dtype. ``out``: device arrays that receive the
+        results (the first alone, or a tuple; the rest are allocated); an
+        ``out`` array must not share memory with an input or with another
+        output (ValueError: the kernels read inputs after writing outputs).
+        ``wait=False`` returns once the call is queued: read results only
+        after ``synchronize()``. An empty batch (M == 0) gives empty ROWS and
+        ROW_STATS results and zero COLUMNS ones.
 
         The first call with a given set of shapes and dtypes validates them and
         finds the artifact; later calls with device arrays of the same
         signature go straight to the device queue."""
-        if (mean is None) != (rstd is None):
-            raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
-        inputs = (dy, x, gamma) if mean is None else (dy, x, gamma, mean, rstd)
-        given = self._given(out, 3)
-        refuse_shared_memory(self.device, _BACKWARD_NAMES, inputs, given)
-        name = "layernorm_backward_recompute" if mean is None else "layernorm_backward"
+        entry = kernel.entry(name)
+        if scalars.keys() != set(entry.scalars):
+            raise TypeError(f"{name} takes the scalars {entry.scalars}, got {tuple(scalars)}")
+        values = tuple(check_eps(scalars[s]) for s in entry.scalars)
+        given = self._given(out, len(entry.outputs))
+        refuse_shared_memory(self.device, _labels(entry), inputs, given)
         key = _signature(name, inputs + given)
         plan = self._plans.get(key)
         if plan is None:
-            stats = {} if mean is None else {"mean": mean, "rstd": rstd}
-            problem = check_problem({"dy": dy, "x": x}, {"gamma": gamma}, stats)
+            groups = {role: {a.name: x for a, x in zip(entry.inputs, inputs) if a.role is role} for role in Role}
+            problem = check_problem(groups[Role.ROWS], groups[Role.COLUMNS], groups[Role.ROW_STATS])
             self.target.check_dtype(problem.dtype)
-            storage = STORAGE_DTYPES[problem.dtype]
-            specs = [("dx", problem.shape, storage), ("dgamma", (problem.n,), storage), ("dbeta", (problem.n,), storage)]
+            storage, stats = STORAGE_DTYPES[problem.dtype], STATS_DTYPES[problem.dtype]
+            caller = {  # role -> (shape the caller sees, dtype, shape the kernel takes)
+                Role.ROWS: (problem.shape, storage, (problem.m, problem.n)),
+                Role.COLUMNS: ((problem.n,), storage, (problem.n,)),
+                Role.ROW_STATS: (problem.batch_shape, stats, (problem.m,)),
+            }
+            specs = [(a.name, *caller[a.role][:2]) for a in entry.outputs]
             self._check_outputs(given, specs)
             if problem.m == 0:
-                check_eps(eps)
-                return self._empty_batch_backward(problem, given, wait)
-            given = self._allocate_missing(given, specs)
+                return self._empty_batch(kernel, entry, problem, specs, given, wait)
+            given = tuple(a if a is not None else self.allocate(shape, dtype) for a, (_, shape, dtype) in zip(given, specs))
             inputs = tuple(self.to_device(a) for a in inputs)
-            mn, n = (problem.m, problem.n), (problem.n,)
             plan = self._plan(
-                LAYERNORM_BACKWARD, problem, name,
-                list(zip(inputs, [mn, mn, n, (problem.m,), (problem.m,)])),
-                (check_eps(eps),) if mean is None else (),
-                [(a, dtype, s) for a, (_, _, dtype), s in zip(given, specs, [mn, n, n])],
+                kernel, problem, name,
+                [(a, caller[arg.role][2]) for a, arg in zip(inputs, entry.inputs)],
+                values,
+                [(a, caller[arg.role][1], caller[arg.role][2]) for a, arg in zip(given, entry.outputs)],
             )
             if key is not None:
                 self._plans[key] = plan
-        scalars = (check_eps(eps),) if mean is None else ()
-        return self._launch(plan, inputs, scalars, given, wait)
+        return self._launch(plan, inputs, values, given, wait)
+
+    def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, out=None, wait: bool = True):
+        """LayerNorm's dX, dgamma, dbeta as device arrays. ``mean``/``rstd`` are
+        the forward's f32 statistics; when both are None they are recomputed
+        from X with ``eps``. ``out`` (dX alone or (dX, dgamma, dbeta)) and
+        ``wait`` as for ``call``. An empty batch (M == 0) gives an empty dX
+        and zero dgamma and dbeta."""
+        if (mean is None) != (rstd is None):
+            raise ValueError("pass both mean and rstd (the forward's statistics) or neither")
+        if mean is None:
+            return self.call(LAYERNORM_BACKWARD, "layernorm_backward_recompute", (dy, x, gamma), out=out, wait=wait,
+                             eps=eps)
+        check_eps(eps)
+        return self.call(LAYERNORM_BACKWARD, "layernorm_backward", (dy, x, gamma, mean, rstd), out=out, wait=wait)
 
     def forward(self, x, gamma, beta, *, eps: float = 1e-5, out=None, wait: bool = True):
-        """y, mean, rstd as device arrays; mean and rstd (f32, f64 for f64 data) have X's leading
-        dims. ``out`` (y alone or (y, mean, rstd)) and ``wait`` as for ``backward``,
-        and as there, ``out`` arrays must not share memory with the inputs or each other."""
-        inputs = (x, gamma, beta)
-        given = self._given(out, 3)
-        refuse_shared_memory(self.device, _FORWARD_NAMES, inputs, given)
-        key = _signature("layernorm_forward", inputs + given)
-        plan = self._plans.get(key)
-        if plan is None:
-            problem = check_problem({"x": x}, {"gamma": gamma, "beta": beta}, {})
-            self.target.check_dtype(problem.dtype)
-            storage = STORAGE_DTYPES[problem.dtype]
-            stats = STATS_DTYPES[problem.dtype]
-            specs = [("y", problem.shape, storage), ("mean", problem.batch_shape, stats), ("rstd", problem.batch_shape, stats)]
-            self._check_outputs(given, specs)
-            if problem.m == 0:
-                check_eps(eps)
-                # Every result is empty: the given arrays hold nothing to write.
-                return tuple(
-                    a if a is not None else self.empty(shape, dtype) for a, (_, shape, dtype) in zip(given, specs)
-                )
-            given = self._allocate_missing(given, specs)
-            inputs = tuple(self.to_device(a) for a in inputs)
-            mn, n, m = (problem.m, problem.n), (problem.n,), (problem.m,)
-            plan = self._plan(
-                LAYERNORM_FORWARD, problem, "layernorm_forward",
-                list(zip(inputs, [mn, n, n])),
-                (check_eps(eps),),
-                [(a, dtype, s) for a, (_, _, dtype), s in zip(given, specs, [mn, m, m])],
-            )
-            if key is not None:
-                self._plans[key] = plan
-        return self._launch(plan, inputs, (check_eps(eps),), given, wait)
+        """LayerNorm's y, mean, rstd as device arrays; mean and rstd (f32, f64
+        for f64 data) have X's leading dims. ``out`` (y alone or (y, mean,
+        rstd)) and ``wait`` as for ``call``."""
+        return self.call(LAYERNORM_FORWARD, "layernorm_forward", (x, gamma, beta), out=out, wait=wait, eps=eps)
+

@@ -49,6 +49,11 @@ class Target:
         this target's artifacts are sized for (COMPUTE_UNITS), None for CPUs."""
         return COMPUTE_UNITS.get(self.chip) if self.is_gpu else None
 
+    @property
+    def subgroup_size(self) -> int:
+        """Lanes per subgroup the GPU schedules assume: wave64 on CDNA (gfx9), else 32."""
+        return 64 if self.chip.startswith("gfx9") else 32
+
     def check_dtype(self, dtype: str) -> None:
         """Raises TypeError for a dtype this backend cannot compile."""
         if (self.backend, dtype) in UNSUPPORTED_DTYPES:

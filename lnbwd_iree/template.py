@@ -21,10 +21,10 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from .dtypes import TABLE
+
 _FIELD = re.compile(r"\{([A-Z_]+)\}")
 _CONVERSION = re.compile(r"^(?P<indent>\s*)(?P<dst>%\w+) = (?P<op>widen|narrow|from_f32) (?P<src>%\w+)\s*$")
-
-_WIDTH = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}
 
 # Included in every template that names it.
 _DEFAULT_FIELDS = {
@@ -57,7 +57,7 @@ def _apply_conversions(text: str, storage_type: str, acc_type: str) -> str:
         if source == target:
             renames[dst] = src
         else:
-            cast = "arith.extf" if _WIDTH[target] > _WIDTH[source] else "arith.truncf"
+            cast = "arith.extf" if TABLE[target].bits > TABLE[source].bits else "arith.truncf"
             out_lines.append(f"{indent}{dst} = {cast} {src} : {source} to {target}")
     result = "\n".join(out_lines) + "\n"
     if renames:

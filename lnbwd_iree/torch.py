@@ -27,10 +27,12 @@ from iree import runtime as ireert
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
+from .dtypes import TABLE
 from .runtime import LayerNormKernels
 
 # float64 runs on CPUs only (for torch.autograd.gradcheck).
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_DTYPES = {getattr(torch, d.torch_name): d for d in TABLE.values()}
+SUPPORTED_DTYPES = tuple(_DTYPES)
 # The ops synchronise with the host (CUDA) or with IREE's queue: a CUDA graph
 # replay would skip that and IREE's submission.
 _OP_TAGS = (torch.Tag.cudagraph_unsafe,)
@@ -38,7 +40,7 @@ _OP_TAGS = (torch.Tag.cudagraph_unsafe,)
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     """mean and rstd are kept in the arithmetic type: f32, or f64 for f64 data."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return getattr(torch, TABLE[_DTYPES[dtype].accumulator].torch_name)
 
 
 class HostOrdering:

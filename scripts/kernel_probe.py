@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -31,18 +32,17 @@ import numpy as np
 def build(out: Path, label: str, dtype: str, shape: str, rows: str | None = None, subgroups: str | None = None):
     from lnbwd_iree import compiler
     from lnbwd_iree.kernels import LAYERNORM_BACKWARD, Specialization
+    from lnbwd_iree.ops import layernorm
     from lnbwd_iree.targets import target_for
 
     m, n = (int(v) for v in shape.split("x"))
     target = target_for("cuda", "sm_80")
     spec = Specialization(LAYERNORM_BACKWARD, dtype, m, n)
-    if rows is not None:
-        blocks = (m // int(rows), int(rows), int(subgroups))
-        # The block size is the only change: row_blocks answers with it.
-        object.__setattr__(spec, "row_blocks", lambda _target: blocks)
-    design = spec.row_blocks(target)
+    design = layernorm.row_blocks(spec, target) if rows is None else (m // int(rows), int(rows), int(subgroups))
     start = time.perf_counter()
-    data = compiler.compile_to_bytes(spec, target)
+    # The block size is the only change: row_blocks answers with it.
+    with mock.patch.object(layernorm, "row_blocks", lambda _spec, _target: design):
+        data = compiler.compile_to_bytes(spec, target)
     out.mkdir(parents=True, exist_ok=True)
     name = f"{label}_{dtype}_{shape}.vmfb"
     (out / name).write_bytes(data)

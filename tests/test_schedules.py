@@ -4,6 +4,7 @@ import pytest
 
 from lnbwd_iree import row_block_pipeline
 from lnbwd_iree.kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Specialization
+from lnbwd_iree.ops import layernorm
 from lnbwd_iree.targets import Target, target_for
 
 CUDA = target_for("cuda", "sm_80")
@@ -51,7 +52,7 @@ CPU = target_for("local-task")
 )
 def test_one_pass_is_chosen_where_it_measured_faster(dtype, shape, target, expected):
     spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
-    assert spec.row_blocks(target) == expected
+    assert layernorm.row_blocks(spec, target) == expected
     source = spec.source(target)
     assert ("flow.dispatch.region" in source) == (expected is not None)
     if expected is not None:
@@ -64,9 +65,9 @@ def test_one_pass_is_chosen_where_it_measured_faster(dtype, shape, target, expec
 
 def test_partial_sum_schedule_needs_blocks_that_split_evenly():
     spec = Specialization(LAYERNORM_BACKWARD, "f32", 8192, 4096)
-    assert "subgroup_basis = [[1, 8], [0, 1]]" in spec._partial_sum_config(32, 256)
-    assert "subgroup_basis = [[1, 2], [0, 1]]" in spec._partial_sum_config(32, 64)
-    assert spec._partial_sum_config(32, 48) == ""
+    assert "subgroup_basis = [[1, 8], [0, 1]]" in layernorm.partial_sum_config(spec, 32, 256)
+    assert "subgroup_basis = [[1, 2], [0, 1]]" in layernorm.partial_sum_config(spec, 32, 64)
+    assert layernorm.partial_sum_config(spec, 32, 48) == ""
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, per
 )
 def test_forward_schedule_holds_rows_in_registers(dtype, n, target, expected):
     spec = Specialization(LAYERNORM_FORWARD, dtype, None, n)
-    assert spec.forward_schedule(target) == expected
+    assert layernorm.forward_schedule(spec, target) == expected
     source = spec.source(target)
     assert ("compilation_info" in source) == (expected is not None)
     if expected is not None:
@@ -151,7 +152,7 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, shape, target):
     into an scf.for (forall-to-for after the serial tiling level), and its
     transform library gives each op back the config IREE overwrote."""
     spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
-    blocks, rows, subgroups = spec.row_blocks(target)
+    blocks, rows, subgroups = layernorm.row_blocks(spec, target)
     source, library = spec.source(target), spec.transform_library(target)
     passes = row_block_pipeline.PASSES
     serial = next(i for i, p in enumerate(passes) if "tiling-level=serial" in p)
@@ -173,6 +174,6 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, shape, target):
 )
 def test_two_passes_need_no_transform_library(dtype, shape, target):
     spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
-    assert spec.row_blocks(target) is None
+    assert layernorm.row_blocks(spec, target) is None
     assert spec.transform_library(target) == ""
     assert "pass_pipeline" not in spec.source(target)

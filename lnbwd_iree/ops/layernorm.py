@@ -1,0 +1,346 @@
+"""LayerNorm over the last dim: its kernels, their entry points and argument
+roles, and the design rules that fill its templates (mlir/layernorm_*.mlir).
+
+The forward is one row dispatch (statistics and Y). The backward runs two
+passes over dY and X (row reductions with dX, then blocked column sums), or,
+for static shapes on CUDA/ROCm chips with known figures, one pass over row
+blocks with register-held column partials (row_block_pass.mlir)."""
+
+from __future__ import annotations
+
+import math
+
+from .. import row_block_pipeline
+from ..dtypes import ITEMSIZE
+from ..specialization import Arg, Entry, Kernel, Role, Specialization, compilation_info
+from ..targets import Target
+from ..template import render
+
+# Elements of a row the forward holds in registers at once: 64 KiB of f32 per
+# workgroup, 16 per thread at 1024 threads. bf16 rows of 65536 held whole
+# (64 per thread) spilled 121 VGPRs on gfx942.
+FORWARD_ROW_IN_REGISTERS = 16384
+
+
+def column_blocks(spec: Specialization, target: Target) -> tuple[int, int] | None:
+    """(G, R): the column sums run over G blocks of R rows (M = G * R) when
+    M is static; None for a single reduction over all M rows."""
+    if spec.m is None:
+        return None
+    if not target.is_gpu:
+        # CPUs walk each block's rows in order; with the partials schedule
+        # of partial_config, R from 16 to 64 measured alike on a 2-core x86
+        # (36 ms at 8192x4096 f32), and larger R shrinks the final sum.
+        rows = next((r for r in (64, 32, 16, 8, 4, 2) if spec.m % r == 0), None)
+        return (spec.m // rows, rows) if rows else None
+    # GPUs: the partials take ~R serial steps per thread and the final sum
+    # ~G, so G ~ sqrt(M) balances the two for small problems; large ones
+    # (dY + X over 64 MiB) are bandwidth-bound and need G * N / 16-byte
+    # threads >= 2^17 to keep enough loads in flight.
+    blocks = 1 << math.ceil(math.log2(math.sqrt(spec.m)))
+    if spec.is_large():
+        blocks = max(blocks, 1 << math.ceil(math.log2(2**17 * spec.vector / (spec.n or 1))))
+    blocks = min(blocks, spec.m // 2)
+    while blocks > 1 and spec.m % blocks:
+        blocks //= 2
+    return (blocks, spec.m // blocks) if blocks > 1 else None
+
+def partial_layout(spec: Specialization, target: Target, blocks: int) -> dict[str, str]:
+    """Layout of the [G, 2, N] partial column sums (column_sums_blocked.mlir).
+    On the H100, G innermost ([2, N, G]) cut the final sum from 52 to 5 us
+    at 65536x768 (G = 1024) and small shapes by ~20 us, but its strided
+    writes cost 15-40 us on large shapes with G <= 256, where the final sum
+    over [G, 2, N] took ~8 us."""
+    if target.is_gpu and (blocks >= 512 or not spec.is_large()):
+        return {"PARTIALS": f"2x?x{blocks}x{spec.accumulator}", "PARTIAL_INDEX": "(k, j, g)"}
+    return {"PARTIALS": f"{blocks}x2x?x{spec.accumulator}", "PARTIAL_INDEX": "(g, k, j)"}
+
+def partial_config(spec: Specialization, target: Target, rows: int) -> str:
+    """compilation_info for the blocked partial column sums on GPU and
+    llvm-cpu targets (see column_sums_blocked.mlir), or "" to leave the
+    choice to IREE (vmvx)."""
+    if target.backend == "llvm-cpu":
+        return cpu_partial_config()
+    if not target.is_gpu or spec.n is None:
+        return ""
+    vector = spec.vector
+    subgroup = target.subgroup_size
+    threads = next((t for t in (128, 64, 32) if t >= subgroup and spec.n % (t * vector) == 0), None)
+    if threads is None:
+        return ""
+    return compilation_info(
+        f"workgroup = [1, 2, {threads * vector}, 0], thread = [0, 2, {vector}, 0], "
+        f"reduction = [0, 0, 0, {min(8, rows)}]",
+        threads,
+        subgroup,
+    )
+
+def cpu_partial_config() -> str:
+    """llvm-cpu schedule for the partials (iterated (g, k, j, r)): vectors of
+    64 columns for both k, one row r per step. IREE's default vectorised
+    along r, transposing each strided [j, r] tile (8192x4096 f32: partials
+    ~45 ms, total 75 ms); this one reads rows contiguously (12 ms, total 36 ms)."""
+    return (
+        ", compilation_info = #iree_codegen.compilation_info<"
+        "lowering_config = #iree_cpu.lowering_config<distribution = [32, 2, 1024, 0], "
+        "vector_common_parallel = [1, 2, 64, 0], vector_reduction = [0, 0, 0, 1]>, "
+        "translation_info = #iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>"
+    )
+
+def row_configs(spec: Specialization, target: Target) -> dict[str, str]:
+    """Schedules for the dispatch that holds both row reductions and dX on
+    GPU targets with static N. IREE's default gives each row one subgroup;
+    with up to 32 rows in flight per SM their dY and X rows (2 * N *
+    itemsize bytes each) overflow L1 and L2 before the second and third
+    pass over the row re-read them. Several subgroups per row keep fewer
+    rows in flight, so the re-reads hit cache."""
+    empty = {"ROW_SUM_CONFIG": "", "ROW_ROOT_CONFIG": "", "ROW_DX_CONFIG": ""}
+    if not target.is_gpu or spec.n is None:
+        return empty
+    vector = spec.vector
+    lanes = target.subgroup_size
+    # One thread per 128 bytes of a row's dY and X: with up to 2048 threads
+    # per SM/CU, the rows in flight then total about 256 KiB, what its L1
+    # holds, so the second and third pass over a row hit L1.
+    row_bytes = 2 * spec.n * ITEMSIZE[spec.dtype]
+    wanted = min(1024, max(64, row_bytes // 128)) // lanes
+    subgroups = next(
+        (s for s in (32, 16, 8, 4, 2, 1) if s <= max(wanted, 1) and spec.n % (lanes * s * vector) == 0), None
+    )
+    if subgroups is None:
+        return empty
+    step = lanes * subgroups * vector
+    basis = f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[1, {subgroups}], [0, 1]], thread = [0, {vector}]"
+    reduction = f"#iree_gpu.lowering_config<{{{basis}, partial_reduction = [0, {step}]}}>"
+    root = f"{basis}, partial_reduction = [0, {step}], workgroup = [1, 0]"
+    elementwise = f"#iree_gpu.lowering_config<{{{basis}, serial = [0, {step}]}}>"
+    return {
+        "ROW_SUM_CONFIG": f", lowering_config = {reduction}",
+        "ROW_ROOT_CONFIG": compilation_info(root, lanes * subgroups, lanes, "VectorDistribute"),
+        "ROW_DX_CONFIG": f", lowering_config = {elementwise}",
+    }
+
+def forward_schedule(spec: Specialization, target: Target) -> tuple[int, int, int] | None:
+    """(subgroups, step, rows) of the forward's dispatch (forward_configs)
+    on GPU targets with static N, or None to leave it to IREE.
+
+    IREE's default gives each row one subgroup and walks it three times
+    (shifted sum, centred sum of squares, Y), reading X from memory each
+    time: 45-50% of copy on rows of 16 KiB or more (H100). Here a row is
+    spread over enough subgroups that each thread holds four 16-byte
+    vectors of it (at most 1024 threads); with step = N the three walks
+    become one, X stays in registers and is read once (87-97% of copy).
+    Rows beyond FORWARD_ROW_IN_REGISTERS elements are walked in steps of
+    at most that many columns instead, re-reading the row from cache."""
+    if not target.is_gpu or spec.n is None:
+        return None
+    lanes = target.subgroup_size
+    per_subgroup = lanes * spec.vector
+    if spec.n % per_subgroup:
+        return None
+    subgroups = max(1, min(1024 // lanes, spec.n // (4 * per_subgroup)))
+    while spec.n % (subgroups * per_subgroup):
+        subgroups -= 1
+    batch = subgroups * per_subgroup
+    if spec.n <= FORWARD_ROW_IN_REGISTERS:
+        return subgroups, spec.n, 1
+    step = next(k * batch for k in range(FORWARD_ROW_IN_REGISTERS // batch, 0, -1) if spec.n % (k * batch) == 0)
+    return subgroups, step, 1
+
+def forward_configs(spec: Specialization, target: Target, subgroups: int, step: int, rows: int = 1) -> dict[str, str]:
+    """Template fields of the forward's one dispatch (the two row
+    statistics and Y): ``rows`` rows per workgroup, each spread over
+    ``subgroups`` subgroups, a 16-byte vector per thread, ``step``
+    columns per loop step (N: the whole row at once, held in registers)."""
+    lanes = target.subgroup_size
+    basis = (
+        f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[{rows}, {subgroups}], [0, 1]], "
+        f"thread = [{1 if rows > 1 else 0}, {spec.vector}]"
+    )
+    root = f"{basis}, partial_reduction = [0, {step}], workgroup = [{rows}, 0]"
+    return {
+        "STATS_SUM_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis}, partial_reduction = [0, {step}]}}>",
+        "STATS_ROOT_CONFIG": compilation_info(root, lanes * subgroups * rows, lanes, "VectorDistribute"),
+        "FORWARD_Y_CONFIG": f", lowering_config = #iree_gpu.lowering_config<{{{basis}, serial = [0, {step}]}}>",
+    }
+
+def row_blocks(spec: Specialization, target: Target) -> tuple[int, int, int] | None:
+    """(G, R, S) when the backward runs as one pass over dY and X
+    (row_block_pass.mlir): G workgroups of S subgroups, each walking R
+    rows; None for the two-pass design.
+
+    Each lane holds 16 elements of a row (four 16-byte f32 vectors, two
+    of 16-bit data) and its columns' fp32 partial sums (32 registers)
+    across the row loop. Rows beyond 512 lanes x 16 elements (8192 on
+    CUDA) keep two passes: a 1024-thread workgroup may use 64 registers
+    per thread, too few for the row and its partials (H100, 4096x16384:
+    one pass 833 us, two passes 479 us in f32; 310 vs 291 us in bf16).
+    Blocks of at least 32 rows, at most ~8 workgroups per SM/CU
+    (Target.compute_units) and at most 2^21 / N blocks (16 MiB of fp32
+    partials): more blocks cost more partials to write and sum
+    (docs/performance.md, changes 29-30)."""
+    # f64 exists for CPU gradchecks; GPU schedules are written for f32 and
+    # 16-bit data. The pass pipeline is LLVMGPU's (CUDA, ROCm), and the
+    # grid needs the chip's SM/CU count.
+    if spec.m is None or spec.n is None or spec.dtype == "f64" or target.backend not in ("cuda", "rocm"):
+        return None
+    if target.compute_units is None:
+        return None
+    lanes = target.subgroup_size
+    wanted = max(1, spec.n // (lanes * 16))
+    subgroups = next((s for s in range(wanted, 0, -1) if spec.n % (lanes * s * spec.vector) == 0), None)
+    if subgroups is None or lanes * subgroups > 512 or spec.n > lanes * subgroups * 32:
+        return None
+    max_blocks = min(1 << int(math.log2(8 * target.compute_units)), 2**21 // spec.n)
+    rows = max(32, spec.m // max_blocks)
+    # Halved while fewer than 2^15 threads would run (small shapes): a
+    # block walks its rows one at a time.
+    while rows > 2 and (spec.m % rows or spec.m // rows * lanes * subgroups < 2**15):
+        rows //= 2
+    if spec.m % rows:
+        return None
+    return spec.m // rows, rows, subgroups
+
+def row_block_configs(spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int) -> dict[str, str]:
+    """Template fields of row_block_pass.mlir: each row spread over the
+    workgroup's lanes, then its subgroups, a 16-byte vector per thread
+    and step."""
+    lanes = target.subgroup_size
+    vector = spec.vector
+
+    def basis(thread: list[int]) -> str:
+        # Dim 2 is the column j in all three iteration spaces: (g, r, j),
+        # (g, k, j) and (g, k, j, r).
+        def counts(n: int) -> str:
+            values = [1] * len(thread)
+            values[2] = n
+            return f"[{values}, {list(range(len(thread)))}]"
+
+        return f"lane_basis = {counts(lanes)}, subgroup_basis = {counts(subgroups)}, thread = {thread}"
+
+    partial = f"{basis([0, 2, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
+    # The textual pipeline of row_block_pipeline.py keeps the partials in
+    # registers; IREE copies this op's config to every op of the dispatch,
+    # and its lowering_strategy (row_block_configs.mlir) gives each op its own.
+    strategy = f'{partial}, lowering_strategy = "lnbwd_row_block_configs"'
+    pipeline = f'#iree_codegen.pass_pipeline<"{row_block_pipeline.PIPELINE}">'
+    return {
+        "G": str(blocks),
+        "R": str(rows),
+        "ROW_BLOCK_ROW_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
+        "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
+        "ROW_BLOCK_PARTIAL_TILES": f"#iree_gpu.lowering_config<{{{partial}}}>",
+        "ROW_BLOCK_PARTIAL_CONFIG": compilation_info(strategy, lanes * subgroups, lanes, pipeline),
+        "PARTIALS": f"{blocks}x2x?x{spec.accumulator}",
+        "FINAL_SUMS": "column_sums_per_result.mlir",
+        "PARTIAL_SUM_CONFIG": partial_sum_config(spec, lanes, blocks),
+    }
+
+def partial_sum_config(spec: Specialization, lanes: int, blocks: int) -> str:
+    """Schedule for the two sums of [G, N] partials in
+    column_sums_per_result.mlir, iterated (c, g): up to 8 subgroups split
+    the G rows, each thread reading one 16-byte vector of columns per row;
+    "" (IREE's choice) when G or N does not split evenly."""
+    vector = 16 // ITEMSIZE[spec.accumulator]
+    subgroups = next((s for s in (8, 4, 2, 1) if blocks % (lanes * s) == 0), None)
+    if subgroups is None or spec.n is None or spec.n % vector:
+        return ""
+    tiles = (
+        f"lane_basis = [[1, {lanes}], [0, 1]], subgroup_basis = [[1, {subgroups}], [0, 1]], thread = [{vector}, 1], "
+        f"partial_reduction = [0, {lanes * subgroups}], workgroup = [{vector}, 0]"
+    )
+    return compilation_info(tiles, lanes * subgroups, lanes, "VectorDistribute")
+
+def stats_barrier(spec: Specialization, needed: bool) -> str:
+    """Defines %mean, %rstd from %mean_fused, %rstd_fused in the recompute
+    entry: through an optimization barrier when the row dispatch has a
+    hand-set schedule (static shapes only: a barrier on dynamic tensors
+    hides their dims from IREE), else as plain aliases."""
+    if needed:
+        stats = f"tensor<{spec.m}x{spec.accumulator}>"
+        return f"%mean, %rstd = util.optimization_barrier %mean_fused, %rstd_fused : {stats}, {stats}"
+    stats = f"tensor<{'?' if spec.m is None else spec.m}x{spec.accumulator}>"
+    return (
+        f"%mean = tensor.cast %mean_fused : {stats} to {stats}\n"
+        f"  %rstd = tensor.cast %rstd_fused : {stats} to {stats}"
+    )
+
+
+
+def common_fields() -> dict[str, str]:
+    """Fields of the designs that leave a choice to IREE (no hand-set schedule)."""
+    return {
+        "GRADIENT_PASSES": "row_then_column_passes.mlir",
+        "COLUMN_SUMS": "column_sums_direct.mlir",
+        "STATS_SUM_CONFIG": "",
+        "STATS_ROOT_CONFIG": "",
+        "FORWARD_Y_CONFIG": "",
+    }
+
+
+def forward_design(spec: Specialization, target: Target) -> dict[str, str]:
+    fields = common_fields()
+    schedule = forward_schedule(spec, target)
+    if schedule is not None:
+        fields.update(forward_configs(spec, target, *schedule))
+    return fields
+
+
+def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
+    fields = common_fields()
+    one_pass = row_blocks(spec, target)
+    if one_pass is not None:
+        fields.update(row_block_configs(spec, target, *one_pass))
+        fields.update(GRADIENT_PASSES="row_block_pass.mlir", STATS_BARRIER=stats_barrier(spec, True))
+        return fields
+    configs = row_configs(spec, target)
+    fields.update(configs, STATS_BARRIER=stats_barrier(spec, bool(configs["ROW_ROOT_CONFIG"])))
+    blocks = column_blocks(spec, target)
+    if blocks is not None:
+        layout = partial_layout(spec, target, blocks[0])
+        # On GPUs, [G, 2, N] partials are summed by one scheduled op per
+        # result (8192x4096 bf16: IREE's own 3-D op took 15 us in 64
+        # workgroups of 32 threads); else by one op.
+        final_config = partial_sum_config(spec, target.subgroup_size, blocks[0]) if target.is_gpu else ""
+        per_result = bool(final_config) and layout["PARTIAL_INDEX"] == "(g, k, j)"
+        fields.update(
+            COLUMN_SUMS="column_sums_blocked.mlir",
+            G=str(blocks[0]),
+            R=str(blocks[1]),
+            PARTIAL_CONFIG=partial_config(spec, target, blocks[1]),
+            FINAL_SUMS="column_sums_per_result.mlir" if per_result else "column_sums_joint.mlir",
+            PARTIAL_SUM_CONFIG=final_config,
+            **layout,
+        )
+    return fields
+
+
+def backward_library(spec: Specialization, target: Target) -> str:
+    """The one-pass backward's per-op lowering configs (row_block_configs.mlir), or "" for two passes."""
+    one_pass = row_blocks(spec, target)
+    if one_pass is None:
+        return ""
+    return render("row_block_configs.mlir", {**spec.fields(), **common_fields(), **row_block_configs(spec, target, *one_pass)})
+
+
+_DY, _X = Arg("dy", Role.ROWS), Arg("x", Role.ROWS)
+_GAMMA, _BETA = Arg("gamma", Role.COLUMNS), Arg("beta", Role.COLUMNS)
+_MEAN, _RSTD = Arg("mean", Role.ROW_STATS), Arg("rstd", Role.ROW_STATS)
+_GRADIENTS = (Arg("dx", Role.ROWS), Arg("dgamma", Role.COLUMNS), Arg("dbeta", Role.COLUMNS))
+
+LAYERNORM_BACKWARD = Kernel(
+    "layernorm_backward",
+    (
+        Entry("layernorm_backward", (_DY, _X, _GAMMA, _MEAN, _RSTD), _GRADIENTS, (), "layernorm_backward"),
+        Entry("layernorm_backward_recompute", (_DY, _X, _GAMMA), _GRADIENTS, ("eps",), "layernorm_backward"),
+    ),
+    backward_design,
+    backward_library,
+)
+LAYERNORM_FORWARD = Kernel(
+    "layernorm_forward",
+    (Entry("layernorm_forward", (_X, _GAMMA, _BETA), (Arg("y", Role.ROWS), _MEAN, _RSTD), ("eps",)),),
+    forward_design,
+    per_n=True,
+)
+KERNELS = (LAYERNORM_BACKWARD, LAYERNORM_FORWARD)
