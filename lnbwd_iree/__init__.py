@@ -1,4 +1,4 @@
-"""lnbwd-iree: LayerNorm-2D backward (dX, dgamma, dbeta) as linalg MLIR, compiled by IREE."""
+"""lnbwd-iree: LayerNorm and RMSNorm forward and backward as linalg MLIR, compiled by IREE."""
 
 import logging as _logging
 import sys as _sys
@@ -22,7 +22,9 @@ if not _log.handlers:
     _log.addHandler(_handler)
     _log.setLevel(_logging.INFO)
 
-from .api import kernels_for, layernorm_backward, layernorm_forward  # noqa: E402
+from .api import kernels_for, layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward  # noqa: E402
 from .runtime import LayerNormKernels  # noqa: E402
 
-__all__ = ["LayerNormKernels", "kernels_for", "layernorm_backward", "layernorm_forward"]
+__all__ = [
+    "LayerNormKernels", "kernels_for", "layernorm_backward", "layernorm_forward", "rmsnorm_backward", "rmsnorm_forward",
+]

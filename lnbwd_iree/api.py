@@ -55,3 +55,19 @@ def layernorm_forward(x, gamma, beta, *, eps: float = 1e-5, device: str = "local
     inputs = [as_array(name, a) for name, a in (("x", x), ("gamma", gamma), ("beta", beta))]
     results = kernels_for(device).forward(*inputs, eps=eps)
     return tuple(np.asarray(r.to_host()) for r in results)
+
+
+def rmsnorm_forward(x, gamma, *, eps: float, device: str = "local-task"):
+    """(y, rstd) of RMSNorm over the last dim, as NumPy arrays (inputs: see ``as_array``)."""
+    inputs = [as_array(name, a) for name, a in (("x", x), ("gamma", gamma))]
+    results = kernels_for(device).rmsnorm_forward(*inputs, eps=eps)
+    return tuple(np.asarray(r.to_host()) for r in results)
+
+
+def rmsnorm_backward(dy, x, gamma, rstd=None, *, eps: float, device: str = "local-task"):
+    """(dX, dgamma) of RMSNorm over the last dim, as NumPy arrays. ``rstd``: the
+    forward's, one per row; when omitted it is recomputed from ``x`` with ``eps``."""
+    inputs = [as_array(name, a) for name, a in (("dy", dy), ("x", x), ("gamma", gamma))]
+    stats = [] if rstd is None else [as_array("rstd", rstd)]
+    results = kernels_for(device).rmsnorm_backward(*inputs, *stats, eps=eps)
+    return tuple(np.asarray(r.to_host()) for r in results)

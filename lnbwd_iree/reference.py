@@ -46,3 +46,22 @@ def relative_error(actual, expected) -> float:
     expected = np.asarray(expected, np.float64)
     denom = np.linalg.norm(expected.ravel())
     return float(np.linalg.norm((actual - expected).ravel()) / (denom if denom > 0 else 1.0))
+
+
+def rmsnorm_forward_reference(x, gamma, eps: float):
+    """RMSNorm's (y, rstd) in float64, rstd = 1/sqrt(mean(x^2) + eps) with x's leading dims."""
+    x = np.asarray(x, np.float64)
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
+    return x * rstd[..., None] * np.asarray(gamma, np.float64), rstd
+
+
+def rmsnorm_backward_reference(dy, x, gamma, rstd):
+    """RMSNorm's (dX, dgamma) in float64 from the saved rstd: with x_hat = x * rstd
+    and g = gamma * dY, dX = rstd * (g - x_hat * mean_j(g * x_hat)) per row."""
+    dy = np.asarray(dy, np.float64)
+    x = np.asarray(x, np.float64)
+    rstd = np.asarray(rstd, np.float64).reshape(x.shape[:-1])[..., None]
+    x_hat = x * rstd
+    g = dy * np.asarray(gamma, np.float64)
+    dx = rstd * (g - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
+    return dx, (dy * x_hat).sum(axis=tuple(range(x.ndim - 1)))

@@ -22,7 +22,7 @@ from iree import runtime as ireert
 from . import compiler
 from .cache import ArtifactStore
 from .dtypes import NUMPY_DTYPES, STATS_DTYPES, STORAGE_DTYPES
-from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD
+from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
 from .specialization import Entry, Kernel, Role, Specialization
 from .targets import DRIVER_BACKEND, target_for
 
@@ -686,3 +686,18 @@ class LayerNormKernels:
         rstd)) and ``wait`` as for ``call``."""
         return self.call(LAYERNORM_FORWARD, "layernorm_forward", (x, gamma, beta), out=out, wait=wait, eps=eps)
 
+    def rmsnorm_backward(self, dy, x, gamma, rstd=None, *, eps: float, out=None, wait: bool = True):
+        """RMSNorm's dX, dgamma as device arrays. ``rstd`` is the forward's
+        (f32, f64 for f64 data); when None it is recomputed from X with
+        ``eps``. ``out`` (dX alone or (dX, dgamma)) and ``wait`` as for ``call``."""
+        if rstd is None:
+            return self.call(RMSNORM_BACKWARD, "rmsnorm_backward_recompute", (dy, x, gamma), out=out, wait=wait,
+                             eps=eps)
+        check_eps(eps)
+        return self.call(RMSNORM_BACKWARD, "rmsnorm_backward", (dy, x, gamma, rstd), out=out, wait=wait)
+
+    def rmsnorm_forward(self, x, gamma, *, eps: float, out=None, wait: bool = True):
+        """RMSNorm's y and rstd = 1/sqrt(mean(x^2) + eps) as device arrays; rstd
+        (f32, f64 for f64 data) has X's leading dims. ``out`` (y alone or (y,
+        rstd)) and ``wait`` as for ``call``."""
+        return self.call(RMSNORM_FORWARD, "rmsnorm_forward", (x, gamma), out=out, wait=wait, eps=eps)
