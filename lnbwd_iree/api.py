@@ -64,9 +64,10 @@ def rmsnorm_forward(x, gamma, *, eps: float, device: str = "local-task"):
     return tuple(np.asarray(r.to_host()) for r in results)
 
 
-def rmsnorm_backward(dy, x, gamma, rstd=None, *, eps: float, device: str = "local-task"):
+def rmsnorm_backward(dy, x, gamma, rstd=None, *, eps: float | None = None, device: str = "local-task"):
     """(dX, dgamma) of RMSNorm over the last dim, as NumPy arrays. ``rstd``: the
-    forward's, one per row; when omitted it is recomputed from ``x`` with ``eps``."""
+    forward's, one per row; when omitted it is recomputed from ``x`` with ``eps``
+    (then required)."""
     inputs = [as_array(name, a) for name, a in (("dy", dy), ("x", x), ("gamma", gamma))]
     stats = [] if rstd is None else [as_array("rstd", rstd)]
     results = kernels_for(device).rmsnorm_backward(*inputs, *stats, eps=eps)

@@ -686,14 +686,18 @@ class LayerNormKernels:
         rstd)) and ``wait`` as for ``call``."""
         return self.call(LAYERNORM_FORWARD, "layernorm_forward", (x, gamma, beta), out=out, wait=wait, eps=eps)
 
-    def rmsnorm_backward(self, dy, x, gamma, rstd=None, *, eps: float, out=None, wait: bool = True):
+    def rmsnorm_backward(self, dy, x, gamma, rstd=None, *, eps: float | None = None, out=None, wait: bool = True):
         """RMSNorm's dX, dgamma as device arrays. ``rstd`` is the forward's
         (f32, f64 for f64 data); when None it is recomputed from X with
-        ``eps``. ``out`` (dX alone or (dX, dgamma)) and ``wait`` as for ``call``."""
+        ``eps``, which is then required. ``out`` (dX alone or (dX, dgamma))
+        and ``wait`` as for ``call``."""
         if rstd is None:
+            if eps is None:
+                raise TypeError("rmsnorm_backward without rstd recomputes it from x: pass eps")
             return self.call(RMSNORM_BACKWARD, "rmsnorm_backward_recompute", (dy, x, gamma), out=out, wait=wait,
                              eps=eps)
-        check_eps(eps)
+        if eps is not None:
+            check_eps(eps)
         return self.call(RMSNORM_BACKWARD, "rmsnorm_backward", (dy, x, gamma, rstd), out=out, wait=wait)
 
     def rmsnorm_forward(self, x, gamma, *, eps: float, out=None, wait: bool = True):

@@ -1,9 +1,10 @@
-"""A PyTorch LayerNorm whose forward and backward run the IREE kernels.
+"""PyTorch LayerNorm and RMSNorm modules whose forward and backward run the IREE kernels.
 
 The forward and backward are the custom ops ``lnbwd_iree::layer_norm_fwd``
 and ``lnbwd_iree::layer_norm_bwd`` (``torch.library.custom_op``, with fake
 implementations and autograd), so ``torch.compile`` (also ``fullgraph=True``)
-and ``torch.export`` treat them as single opaque ops. Tensors cross to IREE
+and ``torch.export`` treat them as single opaque ops; RMSNorm's are
+``lnbwd_iree::rms_norm_fwd`` and ``lnbwd_iree::rms_norm_bwd``, in the same form. Tensors cross to IREE
 through DLPack without copies; the [N] weight and bias are imported once and
 reused while they are alive.
 
@@ -429,6 +430,172 @@ class LayerNorm(torch.nn.Module):
 
     def forward(self, x):
         return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+# ---- RMSNorm: the same custom-op form as LayerNorm's --------------------------------------------
+
+
+def _rms_norm_forward_kernel(x, weight, eps):
+    """rms_norm_fwd's implementation: the IREE forward on x's device."""
+    n = _check_inputs(x, {"weight": weight})
+    x = x.contiguous()
+    # Outputs before the ordering's synchronisation: see HostOrdering.
+    y = torch.empty_like(x)
+    rstd = x.new_empty(x.shape[:-1], dtype=stats_dtype(x.dtype))
+    m = x.numel() // n
+    if m == 0:
+        return y, rstd
+    binding = binding_for(x.device)
+    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
+    binding.ordering.before()
+    binding.kernels.rmsnorm_forward(
+        binding.array(x.view(m, n)), gamma, eps=eps,
+        out=(binding.array(y.view(m, n)), binding.array(rstd.view(m))), wait=binding.ordering.wait,
+    )
+    binding.ordering.after(binding.kernels)
+    return y, rstd
+
+
+@torch.library.custom_op("lnbwd_iree::rms_norm_fwd", mutates_args=(), tags=_OP_TAGS)
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd) of rms_norm over the last dim of ``x``; rstd = 1/sqrt(mean(x^2) + eps)
+    has x's leading dims, in f32 (f64 for f64 data). ``weight`` ([N] or None)
+    may have another floating dtype than x."""
+    return _rms_norm_forward_kernel(x, weight, eps)
+
+
+@rms_norm_fwd.register_fake
+def _(x, weight, eps):
+    _check_inputs(x, {"weight": weight})
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1], dtype=stats_dtype(x.dtype))
+
+
+def _rms_norm_backward_kernel(dy, x, weight, rstd):
+    """rms_norm_bwd's implementation: the IREE backward on x's device."""
+    n = _check_inputs(x, {"weight": weight})
+    if dy.shape != x.shape:
+        raise ValueError(f"dy has shape {tuple(dy.shape)} but x has {tuple(x.shape)}")
+    m = x.numel() // n
+    grad_dtype = weight.dtype if weight is not None else x.dtype
+    if m == 0:
+        # torch's convention for an empty batch: no rows, a zero weight grad.
+        return torch.empty_like(x), x.new_zeros(n, dtype=grad_dtype)
+    dy, x, rstd = dy.to(x.dtype).contiguous(), x.contiguous(), rstd.contiguous()
+    dx, dweight = torch.empty_like(x), x.new_empty(n)
+    binding = binding_for(x.device)
+    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
+    binding.ordering.before()
+    binding.kernels.rmsnorm_backward(
+        binding.array(dy.view(m, n)), binding.array(x.view(m, n)), gamma, binding.array(rstd.view(m)),
+        out=(binding.array(dx.view(m, n)), binding.array(dweight)), wait=binding.ordering.wait,
+    )
+    binding.ordering.after(binding.kernels)
+    return dx, dweight.to(grad_dtype)
+
+
+@torch.library.custom_op("lnbwd_iree::rms_norm_bwd", mutates_args=(), tags=_OP_TAGS)
+def rms_norm_bwd(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dweight) from the forward's rstd; dweight has weight's dtype (x's when there is none)."""
+    return _rms_norm_backward_kernel(dy, x, weight, rstd)
+
+
+@rms_norm_bwd.register_fake
+def _(dy, x, weight, rstd):
+    n = _check_inputs(x, {"weight": weight})
+    grad_dtype = weight.dtype if weight is not None else x.dtype
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(n, dtype=grad_dtype)
+
+
+def _rms_setup_context(ctx, inputs, output):
+    x, weight, eps = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.eps = eps
+
+
+def _rms_gradients(dy, x, weight, rstd, eps, backward_kernel):
+    """(dx, dweight) for autograd; None for a missing weight."""
+    if torch.is_grad_enabled():
+        # create_graph: the backward must itself be differentiable (double
+        # backward), which the IREE kernel is not; this one is written in torch
+        # ops, with rstd recomputed from x so that its dependence on x is seen.
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        x_hat = x * rstd
+        g = dy * weight if weight is not None else dy
+        dx = rstd * (g - x_hat * (g * x_hat).mean(-1, keepdim=True))
+        dweight = (dy * x_hat).reshape(-1, x.shape[-1]).sum(0) if weight is not None else None
+        return dx, dweight
+    dx, dweight = backward_kernel(dy, x, weight, rstd)
+    return dx, dweight if weight is not None else None
+
+
+def _rms_backward(ctx, dy, _drstd):
+    return (*_rms_gradients(dy, *ctx.saved_tensors, ctx.eps, rms_norm_bwd), None)
+
+
+rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup_context)
+
+
+class _EagerRMSNorm(torch.autograd.Function):
+    """rms_norm_fwd/rms_norm_bwd without torch's dispatch of Python custom ops,
+    in plain eager mode only (as ``_EagerLayerNorm``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, rstd = _rms_norm_forward_kernel(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return (*_rms_gradients(dy, *ctx.saved_tensors, ctx.eps, _rms_norm_backward_kernel), None)
+
+
+def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None = None) -> torch.Tensor:
+    """``torch.nn.functional.rms_norm`` with the IREE kernels; ``eps=None`` is
+    torch's default, ``torch.finfo(x.dtype).eps``."""
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != normalized_shape:
+        raise ValueError(
+            f"rms_norm over normalized_shape {normalized_shape} needs an input whose last {k} dims are "
+            f"{normalized_shape}, got shape {tuple(x.shape)}"
+        )
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    n = math.prod(normalized_shape)
+    flat = x.reshape(*x.shape[: x.dim() - k], n)
+    weight = weight.reshape(n) if weight is not None else None
+    if _plain_eager(flat, weight):
+        return _EagerRMSNorm.apply(flat, weight, float(eps)).reshape(x.shape)
+    return rms_norm_fwd(flat, weight, float(eps))[0].reshape(x.shape)
+
+
+class RMSNorm(torch.nn.Module):
+    """Drop-in for ``torch.nn.RMSNorm`` (same arguments and state_dict keys)."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
+        super().__init__()
+        if isinstance(normalized_shape, numbers.Integral):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = torch.nn.Parameter(torch.ones(self.normalized_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+
+    def forward(self, x):
+        return rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
