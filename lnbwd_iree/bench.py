@@ -1,5 +1,5 @@
-"""Times IREE's LayerNorm backward and forward against torch eager,
-torch.compile, Liger-Kernel (and NumPy on CPUs), all in one run.
+"""Times IREE's LayerNorm and RMSNorm backward and forward against torch
+eager, torch.compile, Liger-Kernel (and NumPy on CPUs), all in one run.
 
 Method (the same for every implementation): each one's outputs are first
 checked against the float64 reference on the shape (outputs poisoned with
@@ -17,6 +17,7 @@ in the same run. GB/s counts the bytes that must move (``bytes_moved``)."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -31,10 +32,24 @@ from typing import Callable
 import numpy as np
 
 from . import runtime, targets
-from .dtypes import ITEMSIZE
-from .reference import TOLERANCE, backward_reference, forward_reference, relative_error
+from .dtypes import STATS_DTYPES, STORAGE_DTYPES
+from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
+from .reference import (TOLERANCE, backward_reference, forward_reference, relative_error, rmsnorm_backward_reference,
+                        rmsnorm_forward_reference)
+from .specialization import Role
 
-OPS = ("backward", "forward")
+# What bench times, and the entry point (kernel, name) each one is: its
+# argument roles give the bytes it must move and its outputs' shapes.
+OP_ENTRIES = {
+    "backward": LAYERNORM_BACKWARD.entry("layernorm_backward"),
+    "forward": LAYERNORM_FORWARD.entry("layernorm_forward"),
+    "rmsnorm_backward": RMSNORM_BACKWARD.entry("rmsnorm_backward"),
+    "rmsnorm_forward": RMSNORM_FORWARD.entry("rmsnorm_forward"),
+}
+OPS = tuple(OP_ENTRIES)
+# `bench --norm`: which of OPS its `--op backward|forward` means.
+NORM_OPS = {"layernorm": {"backward": "backward", "forward": "forward"},
+            "rmsnorm": {"backward": "rmsnorm_backward", "forward": "rmsnorm_forward"}}
 # Every implementation bench knows, in table order; `--impl` takes these names.
 IMPLS = ("iree_static", "iree", "torch_eager", "torch_compile", "liger", "numpy")
 IREE_IMPLS = ("iree_static", "iree")
@@ -50,15 +65,17 @@ WARMUP_S = 0.1
 
 
 def bytes_moved(m: int, n: int, dtype: str, op: str = "backward") -> int:
-    """Bytes an implementation must move (docs/performance.md, Floors).
-    backward: dY, X read and dX written, gamma read, dgamma, dbeta written, mean, rstd (f32) read.
-    forward: X read and Y written, gamma, beta read, mean, rstd (f32) written."""
-    s = ITEMSIZE[dtype]
-    if op == "backward":
-        return 3 * m * n * s + 3 * n * s + 2 * m * 4
-    if op == "forward":
-        return 2 * m * n * s + 2 * n * s + 2 * m * 4
-    raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    """Bytes an implementation must move (docs/performance.md, Floors): each
+    argument of the op's entry point read or written once. LayerNorm's
+    backward: dY, X read and dX written, gamma read, dgamma, dbeta written,
+    mean, rstd (f32) read; its forward: X read and Y written, gamma, beta
+    read, mean, rstd (f32) written. RMSNorm's: the same without beta, dbeta and mean."""
+    if op not in OP_ENTRIES:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    entry = OP_ENTRIES[op]
+    size = {Role.ROWS: m * n * STORAGE_DTYPES[dtype].itemsize, Role.COLUMNS: n * STORAGE_DTYPES[dtype].itemsize,
+            Role.ROW_STATS: m * 4}
+    return sum(size[arg.role] for arg in entry.inputs + entry.outputs)
 
 
 def input_sets(set_bytes: int, l2_bytes: int, max_sets: int = MAX_INPUT_SETS) -> int:
@@ -116,7 +133,7 @@ def time_calls(call, synchronize, n_sets: int, min_trial_s=0.02, trials=TRIALS) 
 
 def make_inputs(rng, m, n, dtype):
     """dY, X, gamma in the storage dtype and X's f32 mean and rstd."""
-    storage = runtime.STORAGE_DTYPES[dtype]
+    storage = STORAGE_DTYPES[dtype]
     x = (rng.standard_normal((m, n), np.float32) * 2 + 0.5).astype(storage)
     dy = rng.standard_normal((m, n), np.float32).astype(storage)
     gamma = (1 + 0.5 * rng.standard_normal(n, np.float32)).astype(storage)
@@ -135,15 +152,20 @@ class Case:
     dtype: str
     m: int
     n: int
-    rows: tuple  # dY, X (backward) or X (forward)
-    rest: tuple  # gamma, mean, rstd (backward) or gamma, beta (forward)
-    want: tuple  # float64 (dX, dgamma, dbeta) or (Y, mean, rstd)
+    rows: tuple  # the ROWS inputs: dY, X (backward) or X (forward)
+    rest: tuple  # the other inputs: gamma and the statistics (backward) or gamma (and beta) (forward)
+    want: tuple  # the float64 outputs
     n_sets: int
 
     @property
     def output_shapes(self) -> tuple:
-        mn, n, m = (self.m, self.n), (self.n,), (self.m,)
-        return (mn, n, n) if self.op == "backward" else (mn, m, m)
+        shape = {Role.ROWS: (self.m, self.n), Role.COLUMNS: (self.n,), Role.ROW_STATS: (self.m,)}
+        return tuple(shape[arg.role] for arg in OP_ENTRIES[self.op].outputs)
+
+    @property
+    def output_dtypes(self) -> tuple:
+        stats = {Role.ROW_STATS: STATS_DTYPES[self.dtype]}
+        return tuple(stats.get(arg.role, STORAGE_DTYPES[self.dtype]) for arg in OP_ENTRIES[self.op].outputs)
 
 
 @dataclass
@@ -168,6 +190,22 @@ def numpy_backward(dy, x, gamma, mean, rstd):
     return dx.astype(dy.dtype), (dyf * x_hat).sum(0).astype(dy.dtype), dyf.sum(0).astype(dy.dtype)
 
 
+def numpy_rmsnorm_backward(dy, x, gamma, rstd):
+    """RMSNorm's backward in float32 NumPy."""
+    dyf, xf = dy.astype(np.float32), x.astype(np.float32)
+    x_hat = xf * rstd[:, None]
+    g = dyf * gamma.astype(np.float32)
+    dx = rstd[:, None] * (g - x_hat * (g * x_hat).mean(-1, keepdims=True))
+    return dx.astype(dy.dtype), (dyf * x_hat).sum(0).astype(dy.dtype)
+
+
+def numpy_rmsnorm_forward(x, gamma):
+    """RMSNorm's forward in float32 NumPy: y, rstd."""
+    xf = x.astype(np.float32)
+    rstd = 1 / np.sqrt((xf * xf).mean(axis=1) + EPS)
+    return (xf * rstd[:, None] * gamma.astype(np.float32)).astype(x.dtype), rstd
+
+
 def numpy_forward(x, gamma, beta):
     """The forward in float32 NumPy: y, mean, rstd."""
     xf = x.astype(np.float32)
@@ -190,11 +228,11 @@ class IreeImpl:
         k = self.kernels
         sets = [[k.to_device(a) for a in case.rows] for _ in range(case.n_sets)]
         rest = [k.to_device(a) for a in case.rest]
-        storage, stats = runtime.STORAGE_DTYPES[case.dtype], runtime.STATS_DTYPES[case.dtype]
-        dtypes = (storage, storage, storage) if case.op == "backward" else (storage, stats, stats)
+        dtypes = case.output_dtypes
         # Results go to buffers allocated once per set, as a training loop would keep them.
         outs = [tuple(k.allocate(s, d) for s, d in zip(case.output_shapes, dtypes)) for _ in range(case.n_sets)]
-        fn = k.backward if case.op == "backward" else k.forward
+        fn = {"backward": k.backward, "forward": k.forward, "rmsnorm_backward": k.rmsnorm_backward,
+              "rmsnorm_forward": functools.partial(k.rmsnorm_forward, eps=EPS)}[case.op]
 
         def check():
             poisoned = tuple(k.to_device(np.full(s, np.nan, d)) for s, d in zip(case.output_shapes, dtypes))
@@ -213,7 +251,7 @@ class TorchPeers:
 
     def to(self, array):
         array = np.ascontiguousarray(array)
-        if array.dtype == runtime.STORAGE_DTYPES["bf16"]:
+        if array.dtype == STORAGE_DTYPES["bf16"]:
             # NumPy has no bfloat16 that torch reads: pass the bits.
             return self.torch.from_numpy(array.view(np.uint16)).view(self.torch.bfloat16).to(self.device)
         return self.torch.from_numpy(array).to(self.device)
@@ -286,10 +324,48 @@ class TorchPeers:
 
         return forward
 
+    def rms_forward(self, n):
+        torch = self.torch
+
+        def forward(x, gamma):
+            y, rstd = torch.ops.aten._fused_rms_norm(x, [n], gamma, EPS)
+            return y, rstd.view(-1)
+
+        return forward
+
+    def rms_backward(self, case: Case):
+        """aten._fused_rms_norm_backward (the CUDA kernel behind
+        torch.nn.functional.rms_norm's backward) and its arguments after the rows."""
+        torch = self.torch
+        _, (gamma, rstd) = self.tensors(case)
+        n = case.n
+
+        def backward(dy, x, gamma, rstd):
+            return tuple(torch.ops.aten._fused_rms_norm_backward(dy, x, [n], rstd, gamma, [True, True]))
+
+        return backward, (gamma, rstd[:, None])
+
+    @staticmethod
+    def math_rms_backward(dy, x, gamma, rstd):
+        dyf, xf = dy.float(), x.float()
+        x_hat = xf * rstd[:, None]
+        g = dyf * gamma.float()
+        dx = rstd[:, None] * (g - x_hat * (g * x_hat).mean(-1, keepdim=True))
+        return dx.to(dy.dtype), (dyf * x_hat).sum(0).to(dy.dtype)
+
     def eager(self, case: Case) -> list[Candidate]:
         if case.op == "backward":
             fn, rest = self.aten_backward(case)
             return [self.candidate(case, "eager torch.ops.aten.native_layer_norm_backward", fn, rest)]
+        if case.op == "rmsnorm_backward":
+            if self.device == "cuda":
+                fn, rest = self.rms_backward(case)
+                return [self.candidate(case, "eager torch.ops.aten._fused_rms_norm_backward", fn, rest)]
+            # torch's CPU rms_norm backward is autograd through its composite forward: the same float32 math.
+            return [self.candidate(case, "eager float32 torch math (CPU rms_norm has no fused backward)",
+                                   self.math_rms_backward)]
+        if case.op == "rmsnorm_forward":
+            return [self.candidate(case, "eager torch.ops.aten._fused_rms_norm", self.rms_forward(case.n))]
         return [self.candidate(case, "eager torch.native_layer_norm", self.aten_forward(case.n))]
 
     def compiled(self, case: Case):
@@ -300,6 +376,10 @@ class TorchPeers:
         if case.op == "backward":
             variants = [("aten.native_layer_norm_backward", *self.aten_backward(case)),
                         ("explicit float32 math", self.math_backward, None)]
+        elif case.op == "rmsnorm_backward":
+            variants = [("explicit float32 math", self.math_rms_backward, None)]
+        elif case.op == "rmsnorm_forward":
+            variants = [("aten._fused_rms_norm", self.rms_forward(case.n), None)]
         else:
             variants = [("torch.native_layer_norm", self.aten_forward(case.n), None)]
         self.torch._dynamo.reset()
@@ -314,16 +394,39 @@ class TorchPeers:
 
 
 class LigerPeer:
-    """Liger-Kernel's Triton LayerNorm (liger_kernel.ops.layer_norm)."""
+    """Liger-Kernel's Triton LayerNorm and RMSNorm (liger_kernel.ops.layer_norm, .rms_norm)."""
 
     def __init__(self, peers: TorchPeers):
+        from liger_kernel.ops import rms_norm
         from liger_kernel.ops.layer_norm import layer_norm_backward, layer_norm_forward
 
         self.peers = peers
         self.forward_fn, self.backward_fn = layer_norm_forward, layer_norm_backward
+        self.rms_norm = rms_norm
         self.version = metadata.version("liger-kernel")
 
+    def prepare_rmsnorm(self, case: Case) -> list[Candidate]:
+        """Liger's RMSNorm in its "llama" casting mode (rstd in f32), offset 0, not in place."""
+        ops = self.rms_norm
+        if case.op == "rmsnorm_forward":
+
+            def forward(x, gamma):
+                y, _, rstd, _, _, _ = ops.rms_norm_forward(x, gamma, EPS, 0.0, "llama", None)
+                return y, rstd
+
+            return [self.peers.candidate(case, f"liger-kernel {self.version} ops.rms_norm.rms_norm_forward", forward)]
+        sets, (gamma, _) = self.peers.tensors(case)
+        # The block size and warps Liger's forward picks for this N, which its backward takes.
+        _, _, _, block, warps, mode = ops.rms_norm_forward(sets[0][1], gamma, EPS, 0.0, "llama", None)
+
+        def backward(dy, x, gamma, rstd):
+            return ops.rms_norm_backward(dy, x, gamma, rstd, 0.0, mode, block, warps, False, None)
+
+        return [self.peers.candidate(case, f"liger-kernel {self.version} ops.rms_norm.rms_norm_backward", backward)]
+
     def prepare(self, case: Case) -> list[Candidate]:
+        if case.op.startswith("rmsnorm"):
+            return self.prepare_rmsnorm(case)
         if case.op == "backward":
             _, (gamma, _, _) = self.peers.tensors(case)
             beta = self.peers.torch.zeros_like(gamma)  # only its dtype matters (dbeta's)
@@ -342,7 +445,8 @@ class LigerPeer:
 
 def numpy_candidates(case: Case) -> list[Candidate]:
     sets = [case.rows] + [tuple(a.copy() for a in case.rows) for _ in range(case.n_sets - 1)]
-    fn = numpy_backward if case.op == "backward" else numpy_forward
+    fn = {"backward": numpy_backward, "forward": numpy_forward, "rmsnorm_backward": numpy_rmsnorm_backward,
+          "rmsnorm_forward": numpy_rmsnorm_forward}[case.op]
     return [Candidate("float32 NumPy math", lambda i: fn(*sets[i], *case.rest),
                       lambda: list(fn(*sets[0], *case.rest)), lambda: None)]
 
@@ -474,11 +578,17 @@ class Bench:
         """The cases of one shape and dtype, on one draw of inputs."""
         dy, x, gamma, mean, rstd = make_inputs(rng, m, n, dtype)
         beta = (0.5 * rng.standard_normal(n, np.float32)).astype(gamma.dtype)
+        xf = x.astype(np.float32)
+        rms_rstd = (1 / np.sqrt((xf * xf).mean(axis=1) + EPS)).astype(np.float32)
         for op in ops:
             if op == "backward":
                 rows, rest, want = (dy, x), (gamma, mean, rstd), backward_reference(dy, x, gamma, mean, rstd)
-            else:
+            elif op == "forward":
                 rows, rest, want = (x,), (gamma, beta), forward_reference(x, gamma, beta, EPS)
+            elif op == "rmsnorm_backward":
+                rows, rest, want = (dy, x), (gamma, rms_rstd), rmsnorm_backward_reference(dy, x, gamma, rms_rstd)
+            else:
+                rows, rest, want = (x,), (gamma,), rmsnorm_forward_reference(x, gamma, EPS)
             n_sets = input_sets(sum(a.nbytes for a in rows), self.l2_bytes)
             yield Case(op, dtype, m, n, rows, rest, want, n_sets)
 

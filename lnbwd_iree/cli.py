@@ -9,14 +9,16 @@ import datetime
 import re
 import statistics
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import bench, cache, compiler, targets
-from .kernels import DTYPES, KERNELS, Specialization
-from .reference import TOLERANCE, backward_reference, relative_error
+from .kernels import DTYPES, OPS, Specialization
+from .reference import TOLERANCE, backward_reference, relative_error, rmsnorm_backward_reference
 from .runtime import STORAGE_DTYPES, LayerNormKernels
 
 TIMING_TRIALS = 15
@@ -35,8 +37,32 @@ def versions() -> str:
     )
 
 
+@dataclass(frozen=True)
+class RunOp:
+    """What `run --op` runs: the forward for its saved statistics, then the
+    backward from them, checked against its float64 reference."""
+
+    title: str
+    statistics: Callable  # (kernels, x, gamma, beta) -> the forward's statistics
+    backward: Callable  # (kernels, dy, x, gamma, *statistics, **options) -> gradients
+    reference: Callable  # (dy, x, gamma, *statistics) -> float64 gradients
+    gradients: tuple[str, ...]
+    bench_op: str  # the backward's name in bench.OPS
+
+
+RUN_OPS = {
+    "layernorm": RunOp("layernorm2d_bwd", lambda k, x, gamma, beta: k.forward(x, gamma, beta)[1:],
+                       lambda k, *a, **kw: k.backward(*a, **kw), backward_reference, ("dx", "dgamma", "dbeta"),
+                       "backward"),
+    "rmsnorm": RunOp("rmsnorm2d_bwd", lambda k, x, gamma, beta: k.rmsnorm_forward(x, gamma, eps=bench.EPS)[1:],
+                     lambda k, *a, **kw: k.rmsnorm_backward(*a, **kw), rmsnorm_backward_reference, ("dx", "dgamma"),
+                     "rmsnorm_backward"),
+}
+
+
 def cmd_run(args) -> int:
     """CK example 53's driver: verify init time."""
+    op = RUN_OPS[args.op]
     kernels = LayerNormKernels(args.device, chip=args.chip, backend=args.backend, artifact_dir=args.artifact_dir)
     rng = np.random.default_rng(args.seed)
     storage = STORAGE_DTYPES[args.dtype]
@@ -48,20 +74,21 @@ def cmd_run(args) -> int:
     dy, x = draw_rows()
     gamma = (1 + 0.5 * draw(args.n)).astype(storage)
     beta = draw(args.n).astype(storage)
-    print(f"layernorm2d_bwd M={args.m} N={args.n} dtype={args.dtype} device={args.device} target={kernels.target.name}")
+    print(f"{op.title} M={args.m} N={args.n} dtype={args.dtype} device={args.device} target={kernels.target.name}")
     if args.m == 0:
-        # torch's convention, which the kernels follow: no call reaches the device.
-        print("  M=0: an empty batch; dX is empty and dgamma, dbeta are zero without running a kernel")
-    y, mean, rstd = kernels.forward(x, gamma, beta)
+        # torch's convention, which the kernels follow.
+        print(f"  M=0: an empty batch; dX is empty and {', '.join(op.gradients[1:])} are zero")
+    stats = op.statistics(kernels, x, gamma, beta)
     out = None
     if args.m:
         # Results land in NaN-filled buffers, so an output the kernel leaves unwritten fails the check.
-        out = tuple(kernels.to_device(np.full(shape, np.nan, storage)) for shape in ((args.m, args.n), args.n, args.n))
-    dx, dgamma, dbeta = kernels.backward(dy, x, gamma, mean, rstd, out=out)
+        shapes = [(args.m, args.n)] + [args.n] * (len(op.gradients) - 1)
+        out = tuple(kernels.to_device(np.full(shape, np.nan, storage)) for shape in shapes)
+    grads = op.backward(kernels, dy, x, gamma, *stats, out=out)
     status = 0
     if args.verify:
-        want = backward_reference(dy, x, gamma, mean.to_host(), rstd.to_host())
-        for name, got, ref in zip(("dx", "dgamma", "dbeta"), (dx, dgamma, dbeta), want):
+        want = op.reference(dy, x, gamma, *(s.to_host() for s in stats))
+        for name, got, ref in zip(op.gradients, grads, want):
             error = relative_error(np.asarray(got.to_host()), ref)
             ok = error < TOLERANCE[args.dtype]
             status |= not ok
@@ -70,11 +97,11 @@ def cmd_run(args) -> int:
     if args.time and args.m == 0:
         print("  time: nothing to time for M=0")
     elif args.time:
-        time_backward(kernels, args, (dy, x), draw_rows, (gamma, mean, rstd), out)
+        time_backward(kernels, op, args, (dy, x), draw_rows, (gamma, *stats), out)
     return status
 
 
-def time_backward(kernels, args, rows, draw_rows, fixed, out) -> None:
+def time_backward(kernels, op: RunOp, args, rows, draw_rows, fixed, out) -> None:
     """Prints the backward's median time per call and its spread, timed as
     `bench` times it: inputs on the device, outputs preallocated, row inputs
     rotated over twice a 64 MiB cache, back-to-back calls per trial."""
@@ -84,14 +111,14 @@ def time_backward(kernels, args, rows, draw_rows, fixed, out) -> None:
     fixed = [kernels.to_device(a) for a in fixed]
     # One bench.time_calls trial per sample, so that the spread can be shown.
     samples = sorted(
-        bench.time_calls(lambda i: kernels.backward(*sets[i], *fixed, out=out, wait=False), kernels.synchronize,
+        bench.time_calls(lambda i: op.backward(kernels, *sets[i], *fixed, out=out, wait=False), kernels.synchronize,
                          n_sets, trials=1)
         for _ in range(TIMING_TRIALS)
     )
     median = statistics.median(samples)
-    moved = bench.bytes_moved(args.m, args.n, args.dtype)
+    moved = bench.bytes_moved(args.m, args.n, args.dtype, op.bench_op)
     print(
-        f"  backward (dX, dgamma, dbeta from saved mean/rstd): median {median * 1e6:.1f} us per call over "
+        f"  backward ({', '.join(op.gradients)} from the saved statistics): median {median * 1e6:.1f} us per call over "
         f"{TIMING_TRIALS} trials (min {samples[0] * 1e6:.1f}, max {samples[-1] * 1e6:.1f} us); "
         f"{moved / median / 1e9:.1f} GB/s effective ({moved} bytes)"
     )
@@ -111,7 +138,7 @@ def cmd_compile(args) -> int:
             if (target.backend, dtype) in targets.UNSUPPORTED_DTYPES:
                 print(f"skip {target.name} {dtype}: {targets.UNSUPPORTED_DTYPES[target.backend, dtype]}")
                 continue
-            for kernel in KERNELS:
+            for kernel in (k for name in args.op or OPS for k in OPS[name].KERNELS):
                 # Shapes that share N share a per-N kernel's artifact.
                 for spec in dict.fromkeys(Specialization.serving(kernel, dtype, m, n) for m, n in shapes):
                     try:
@@ -137,7 +164,7 @@ def cmd_bench(args) -> int:
         raise ValueError(f"{', '.join(existing)} already exist(s); pass --force to replace, or another --json")
     if args.l2_bytes is not None and args.l2_bytes <= 0:
         raise ValueError(f"--l2-bytes must be positive, got {args.l2_bytes}")
-    ops = bench.OPS if args.op == "both" else (args.op,)
+    ops = tuple(bench.NORM_OPS[args.norm][op] for op in (("backward", "forward") if args.op == "both" else (args.op,)))
     report = bench.run(args.device, shapes, args.dtype, ops=ops, chip=args.chip, artifact_dir=args.artifact_dir,
                        impls=args.impl, seed=args.seed, threads=args.threads, l2_bytes=args.l2_bytes)
     for path in bench.write_report(report, stem):
@@ -258,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
                      help="1: integer inputs in [-5, 5]; 0 or 2: normal decimals")
     run.add_argument("time", nargs="?", type=int, default=0, choices=(0, 1), metavar="time",
                      help="1: also time the backward (median and spread over trials)")
+    run.add_argument("--op", choices=tuple(RUN_OPS), default="layernorm", help="the normalisation to run")
     run.add_argument("--m", type=non_negative_int, default=1024, help="rows (0: an empty batch)")
     run.add_argument("--n", type=positive_int, default=512, help="row length, the normalised dim")
     run.add_argument("--dtype", choices=DTYPES, default="f32", help="storage dtype (f64 on CPUs only)")
@@ -276,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--target", action="append", choices=[t.name for t in targets.TARGET_MATRIX],
                       help="repeatable (default: all)")
     comp.add_argument("--dtype", action="append", choices=DTYPES, help="repeatable (default: all)")
+    comp.add_argument("--op", action="append", choices=tuple(OPS), help="the ops to build, repeatable (default: all)")
     comp.add_argument("--shape", action="append", help="also build static artifacts for MxN, e.g. 8192x4096 (repeatable)")
     comp.set_defaults(fn=cmd_compile)
 
@@ -292,7 +321,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="local-task")
     b.add_argument("--shape", action="append", required=True, help="MxN, e.g. 8192x4096 (repeatable)")
     b.add_argument("--dtype", action="append", choices=DTYPES, required=True)
-    b.add_argument("--op", choices=("backward", "forward", "both"), default="backward", help="default: backward")
+    b.add_argument("--norm", choices=tuple(bench.NORM_OPS), default="layernorm",
+                   help="the normalisation to time (`run` and `compile` call it --op)")
+    b.add_argument("--op", choices=("backward", "forward", "both"), default="backward",
+                   help="which pass of --norm to time")
     b.add_argument("--chip")
     b.add_argument("--artifact-dir")
     b.add_argument("--impl", action="append", choices=bench.IMPLS, metavar="IMPL",

@@ -74,7 +74,7 @@ def test_compile_to_a_file_is_one_line_error(tmp_path, capsys):
 
 
 def test_compile_writes_artifacts_and_manifest(tmp_path, capsys):
-    assert main(["compile", "--out", str(tmp_path), "--target", "vmvx-generic", "--dtype", "f32", "--shape", "8x16"]) == 0
+    assert main(["compile", "--out", str(tmp_path), "--target", "vmvx-generic", "--dtype", "f32", "--op", "layernorm", "--shape", "8x16"]) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     files = {a["file"] for a in manifest["artifacts"]}
     assert files == {
@@ -90,10 +90,10 @@ def test_compile_writes_artifacts_and_manifest(tmp_path, capsys):
 
 def test_compile_again_keeps_earlier_artifacts_in_the_manifest_and_builds_a_shape_once(tmp_path, capsys):
     out = str(tmp_path)
-    assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--shape", "8x16", "--shape", "8x16"]) == 0
+    assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--op", "layernorm", "--shape", "8x16", "--shape", "8x16"]) == 0
     assert "built 4, 0 already up to date" in capsys.readouterr().out  # dynamic + 8x16, forward and backward
     # 4x16 needs a new backward only: the forward's artifact is per N (Dx16), already built.
-    assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--shape", "4x16"]) == 0
+    assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--op", "layernorm", "--shape", "4x16"]) == 0
     assert "built 1, 3 already up to date" in capsys.readouterr().out
     files = [a["file"] for a in json.loads((tmp_path / "manifest.json").read_text())["artifacts"]]
     assert len(files) == len(set(files)) == 5
@@ -116,8 +116,9 @@ def test_gpu_compile_prints_its_time_not_expected_compiler_warnings(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     compiled = [line for line in done.stderr.splitlines() if line.startswith("lnbwd-iree: compiled ")]
-    assert len(compiled) == 4 and all(" for cuda-sm_80 in " in line and " s -> " in line for line in compiled)
-    assert "thread safe" not in done.stderr and len(done.stderr.splitlines()) == 4, done.stderr
+    # Dynamic and 8192x4096, forward and backward, of LayerNorm and RMSNorm.
+    assert len(compiled) == 8 and all(" for cuda-sm_80 in " in line and " s -> " in line for line in compiled)
+    assert "thread safe" not in done.stderr and len(done.stderr.splitlines()) == 8, done.stderr
 
 
 def test_bad_device_is_reported_not_raised(capsys):
