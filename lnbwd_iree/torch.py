@@ -284,13 +284,17 @@ def _(x, weight, bias, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1], dtype=stats), x.new_empty(x.shape[:-1], dtype=stats)
 
 
-def _backward_kernel(dy, x, weight, mean, rstd):
-    """layer_norm_bwd's implementation: the IREE backward on x's device."""
+def _check_backward_inputs(dy, x, weight) -> tuple[int, int, torch.dtype]:
+    """(N, M, the parameter gradients' dtype: weight's, or x's without one) of a backward call."""
     n = _check_inputs(x, {"weight": weight})
     if dy.shape != x.shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)} but x has {tuple(x.shape)}")
-    m = x.numel() // n
-    grad_dtype = weight.dtype if weight is not None else x.dtype
+    return n, x.numel() // n, weight.dtype if weight is not None else x.dtype
+
+
+def _backward_kernel(dy, x, weight, mean, rstd):
+    """layer_norm_bwd's implementation: the IREE backward on x's device."""
+    n, m, grad_dtype = _check_backward_inputs(dy, x, weight)
     if m == 0:
         # torch's convention for an empty batch: no rows, zero parameter grads.
         return torch.empty_like(x), x.new_zeros(n, dtype=grad_dtype), x.new_zeros(n, dtype=grad_dtype)
@@ -387,19 +391,24 @@ def _plain_eager(*tensors) -> bool:
     return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
 
 
-def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
-    """``torch.nn.functional.layer_norm`` with the IREE kernels."""
+def _rows(function: str, x: torch.Tensor, normalized_shape) -> tuple[torch.Tensor, int]:
+    """``x`` as rows [..., N] over its trailing ``normalized_shape`` dims, and N."""
     if isinstance(normalized_shape, numbers.Integral):
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)
     k = len(normalized_shape)
     if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != normalized_shape:
         raise ValueError(
-            f"layer_norm over normalized_shape {normalized_shape} needs an input whose last {k} dims are "
+            f"{function} over normalized_shape {normalized_shape} needs an input whose last {k} dims are "
             f"{normalized_shape}, got shape {tuple(x.shape)}"
         )
     n = math.prod(normalized_shape)
-    flat = x.reshape(*x.shape[: x.dim() - k], n)
+    return x.reshape(*x.shape[: x.dim() - k], n), n
+
+
+def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """``torch.nn.functional.layer_norm`` with the IREE kernels."""
+    flat, n = _rows("layer_norm", x, normalized_shape)
     weight = weight.reshape(n) if weight is not None else None
     bias = bias.reshape(n) if bias is not None else None
     if _plain_eager(flat, weight, bias):
@@ -407,32 +416,35 @@ def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: f
     return layer_norm_fwd(flat, weight, bias, float(eps))[0].reshape(x.shape)
 
 
-class LayerNorm(torch.nn.Module):
-    """Drop-in for ``torch.nn.LayerNorm`` (same arguments and state_dict keys)."""
+class _Normalization(torch.nn.Module):
+    """The arguments, parameters and repr that torch's LayerNorm and RMSNorm share.
+    ``parameters``: name -> initial value, or None for one registered as absent."""
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
+    def __init__(self, normalized_shape, eps, elementwise_affine, parameters: dict, device, dtype):
         super().__init__()
         if isinstance(normalized_shape, numbers.Integral):
             normalized_shape = (normalized_shape,)
         self.normalized_shape = tuple(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        factory = {"device": device, "dtype": dtype}
-        if elementwise_affine:
-            self.weight = torch.nn.Parameter(torch.ones(self.normalized_shape, **factory))
-            if bias:
-                self.bias = torch.nn.Parameter(torch.zeros(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def forward(self, x):
-        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        for name, value in parameters.items():
+            present = elementwise_affine and value is not None
+            tensor = torch.full(self.normalized_shape, value, device=device, dtype=dtype) if present else None
+            self.register_parameter(name, torch.nn.Parameter(tensor) if present else None)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class LayerNorm(_Normalization):
+    """Drop-in for ``torch.nn.LayerNorm`` (same arguments and state_dict keys)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
+        super().__init__(normalized_shape, eps, elementwise_affine, {"weight": 1.0, "bias": 0.0 if bias else None},
+                         device, dtype)
+
+    def forward(self, x):
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 # ---- RMSNorm: the same custom-op form as LayerNorm's --------------------------------------------
@@ -475,11 +487,7 @@ def _(x, weight, eps):
 
 def _rms_norm_backward_kernel(dy, x, weight, rstd):
     """rms_norm_bwd's implementation: the IREE backward on x's device."""
-    n = _check_inputs(x, {"weight": weight})
-    if dy.shape != x.shape:
-        raise ValueError(f"dy has shape {tuple(dy.shape)} but x has {tuple(x.shape)}")
-    m = x.numel() // n
-    grad_dtype = weight.dtype if weight is not None else x.dtype
+    n, m, grad_dtype = _check_backward_inputs(dy, x, weight)
     if m == 0:
         # torch's convention for an empty batch: no rows, a zero weight grad.
         return torch.empty_like(x), x.new_zeros(n, dtype=grad_dtype)
@@ -560,42 +568,20 @@ class _EagerRMSNorm(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None = None) -> torch.Tensor:
     """``torch.nn.functional.rms_norm`` with the IREE kernels; ``eps=None`` is
     torch's default, ``torch.finfo(x.dtype).eps``."""
-    if isinstance(normalized_shape, numbers.Integral):
-        normalized_shape = (normalized_shape,)
-    normalized_shape = tuple(normalized_shape)
-    k = len(normalized_shape)
-    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != normalized_shape:
-        raise ValueError(
-            f"rms_norm over normalized_shape {normalized_shape} needs an input whose last {k} dims are "
-            f"{normalized_shape}, got shape {tuple(x.shape)}"
-        )
+    flat, n = _rows("rms_norm", x, normalized_shape)
     if eps is None:
         eps = torch.finfo(x.dtype).eps
-    n = math.prod(normalized_shape)
-    flat = x.reshape(*x.shape[: x.dim() - k], n)
     weight = weight.reshape(n) if weight is not None else None
     if _plain_eager(flat, weight):
         return _EagerRMSNorm.apply(flat, weight, float(eps)).reshape(x.shape)
     return rms_norm_fwd(flat, weight, float(eps))[0].reshape(x.shape)
 
 
-class RMSNorm(torch.nn.Module):
+class RMSNorm(_Normalization):
     """Drop-in for ``torch.nn.RMSNorm`` (same arguments and state_dict keys)."""
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
-        super().__init__()
-        if isinstance(normalized_shape, numbers.Integral):
-            normalized_shape = (normalized_shape,)
-        self.normalized_shape = tuple(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = torch.nn.Parameter(torch.ones(self.normalized_shape, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
+        super().__init__(normalized_shape, eps, elementwise_affine, {"weight": 1.0}, device, dtype)
 
     def forward(self, x):
         return rms_norm(x, self.normalized_shape, self.weight, self.eps)
-
-    def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -2,7 +2,7 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [fair] [bench DTYPE...]
+# Usage: scripts/device_run.sh [tests] [fair] [rms] [bench DTYPE...]
 #   fair: the full bench (every peer, backward and forward) on the seven shapes,
 #   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png}.
 set -uo pipefail
@@ -46,6 +46,13 @@ for step in "$@"; do
       LNBWD_IREE_TEST_DEVICES=cuda python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_torch.py" -k cuda 2>&1 \
         | tee "$OUT/pytest_torch_cuda.log" | tail -8
       python3 "$REPO/scripts/bench_torch.py" --device cuda --out "$OUT" ;;
+    rms)
+      # RMSNorm on CUDA: kernel and torch tests, then IREE against torch eager on a large and a small shape.
+      LNBWD_IREE_TEST_DEVICES=cuda python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_rmsnorm.py" \
+        "$REPO/tests/test_torch_rmsnorm.py" -k cuda 2>&1 | tee "$OUT/pytest_rms_cuda.log" | tail -12
+      python3 -m lnbwd_iree bench --device cuda --norm rmsnorm --op both --dtype f32 --dtype bf16 --impl iree_static \
+        --impl torch_eager --shape 8192x4096 --shape 1024x512 --json "$OUT/bench_rms.json" --force 2>&1 \
+        | grep -vE "^lnbwd-iree: compiled" | tee "$OUT/bench_rms.log" ;;
     flags)
       # Runtime flag variants on three shapes, IREE only (IREE_PY_RUNTIME_FLAGS is read at import).
       for flags in "" "--cuda_async_allocations=false" "--cuda_use_streams=false"; do

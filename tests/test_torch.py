@@ -39,11 +39,11 @@ def randomize(module, seed):
             p.copy_(1 + 0.5 * values if name.endswith("weight") else values)
 
 
-def pair(normalized_shape, dtype, seed, **kwargs):
-    """Our LayerNorm and torch's (float64) with the same random affine parameters."""
-    ours = LayerNorm(normalized_shape, dtype=dtype, **kwargs)
+def pair(normalized_shape, dtype, seed, ours_class=LayerNorm, torch_class=torch.nn.LayerNorm, **kwargs):
+    """Our LayerNorm (or ``ours_class``) and torch's (float64) with the same random affine parameters."""
+    ours = ours_class(normalized_shape, dtype=dtype, **kwargs)
     randomize(ours, seed)
-    reference = torch.nn.LayerNorm(normalized_shape, dtype=torch.float64, **kwargs)
+    reference = torch_class(normalized_shape, dtype=torch.float64, **kwargs)
     reference.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
     return ours, reference
 

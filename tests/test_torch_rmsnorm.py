@@ -4,34 +4,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_torch import DEVICES, TOLERANCE, fresh_seed, randomize, relative  # noqa: E402
+import test_torch  # noqa: E402
+from test_torch import DEVICES, check_against_float64, fresh_seed, relative  # noqa: E402
 
 from lnbwd_iree.torch import RMSNorm, rms_norm_bwd, rms_norm_fwd  # noqa: E402
 
 
 def pair(normalized_shape, dtype, seed, **kwargs):
     """Our RMSNorm and torch's (float64) with the same random weight."""
-    ours = RMSNorm(normalized_shape, dtype=dtype, **kwargs)
-    randomize(ours, seed)
-    reference = torch.nn.RMSNorm(normalized_shape, dtype=torch.float64, **kwargs)
-    reference.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    return ours, reference
-
-
-def check(ours, reference, x_host, device, dtype):
-    """Forward and every gradient of ``ours`` on ``device`` against ``reference`` in float64 on the CPU."""
-    x = x_host.to(device).requires_grad_()
-    x64 = x_host.double().requires_grad_()
-    y, y64 = ours(x), reference(x64)
-    assert y.dtype == dtype and y.shape == x.shape and y.device == x.device
-    assert relative(y, y64) < TOLERANCE[dtype]
-    dy = torch.randn(x_host.shape).to(dtype)
-    params, params64 = list(ours.parameters()), list(reference.parameters())
-    grads = torch.autograd.grad(y, [x, *params], dy.to(device))
-    grads64 = torch.autograd.grad(y64, [x64, *params64], dy.double())
-    for g, g64, p in zip(grads, grads64, [x, *params]):
-        assert g.dtype == p.dtype and g.device == p.device and g.shape == p.shape
-        assert relative(g, g64) < TOLERANCE[dtype]
+    return test_torch.pair(normalized_shape, dtype, seed, RMSNorm, torch.nn.RMSNorm, **kwargs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -43,7 +24,7 @@ def test_matches_torch_rms_norm(device, dtype, shape):
     # between our dtype and the float64 reference.
     ours, reference = pair(shape[-1], dtype, seed, eps=1e-6)
     torch.manual_seed(seed)
-    check(ours.to(device), reference, torch.randn(shape).to(dtype), device, dtype)
+    check_against_float64(ours.to(device), reference, torch.randn(shape).to(dtype), device, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -56,7 +37,7 @@ def test_shapes_and_options_match_torch(device, normalized_shape, input_shape, k
     seed = fresh_seed()
     ours, reference = pair(normalized_shape, torch.float32, seed, **kwargs)
     torch.manual_seed(seed)
-    check(ours.to(device), reference, torch.randn(input_shape), device, torch.float32)
+    check_against_float64(ours.to(device), reference, torch.randn(input_shape), device, torch.float32)
 
 
 def test_default_eps_is_torchs():
