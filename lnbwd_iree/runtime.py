@@ -274,12 +274,6 @@ def _signature(name: str, arrays) -> tuple | None:
     return tuple(key)
 
 
-@functools.lru_cache(maxsize=None)
-def _labels(entry: Entry) -> tuple:
-    """An entry's argument labels in refuse_shared_memory's messages."""
-    return tuple(f"input {a.name}" for a in entry.inputs), tuple(f"out {a.name}" for a in entry.outputs)
-
-
 # Every LayerNormKernels not yet garbage-collected.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -633,11 +627,12 @@ class LayerNormKernels:
         finds the artifact; later calls with device arrays of the same
         signature go straight to the device queue."""
         entry = kernel.entry(name)
-        if scalars.keys() != set(entry.scalars):
+        inputs = tuple(inputs)
+        if scalars.keys() != entry.scalar_names:
             raise TypeError(f"{name} takes the scalars {entry.scalars}, got {tuple(scalars)}")
-        values = tuple(check_eps(scalars[s]) for s in entry.scalars)
+        values = tuple([check_eps(scalars[s]) for s in entry.scalars])
         given = self._given(out, len(entry.outputs))
-        refuse_shared_memory(self.device, _labels(entry), inputs, given)
+        refuse_shared_memory(self.device, entry.labels, inputs, given)
         key = _signature(name, inputs + given)
         plan = self._plans.get(key)
         if plan is None:

@@ -14,6 +14,7 @@ exist for speed on shapes that matter."""
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Callable
@@ -53,6 +54,16 @@ class Entry:
     # writes the zero COLUMNS outputs (column sums over no rows).
     zero_columns_from: str | None = None
 
+    # Worked out once: the launcher reads them on every call.
+    @functools.cached_property
+    def labels(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The arguments' labels in aliasing errors: ("input dy", ...), ("out dx", ...)."""
+        return tuple(f"input {a.name}" for a in self.inputs), tuple(f"out {a.name}" for a in self.outputs)
+
+    @functools.cached_property
+    def scalar_names(self) -> frozenset:
+        return frozenset(self.scalars)
+
 
 @dataclass(frozen=True)
 class Kernel:
@@ -66,6 +77,16 @@ class Kernel:
     # so a static M would change nothing in its code.
     per_n: bool = False
 
+    def __post_init__(self):
+        for entry in self.entries:
+            if any(arg.role is Role.COLUMNS for arg in entry.outputs):
+                source = next((e for e in self.entries if e.name == entry.zero_columns_from), None)
+                if source is None or source.scalars:
+                    raise ValueError(
+                        f"{self.name}.{entry.name} has COLUMNS outputs: zero_columns_from must name an entry of"
+                        f" {self.name} without scalars (found {entry.zero_columns_from!r})"
+                    )
+
     @property
     def template(self) -> str:
         return f"{self.name}.mlir"
@@ -74,11 +95,15 @@ class Kernel:
     def functions(self) -> tuple[str, ...]:
         return tuple(entry.name for entry in self.entries)
 
+    @functools.cached_property
+    def _entries_by_name(self) -> dict[str, Entry]:
+        return {entry.name: entry for entry in self.entries}
+
     def entry(self, name: str) -> Entry:
-        for entry in self.entries:
-            if entry.name == name:
-                return entry
-        raise KeyError(f"{self.name} has no entry point {name!r}; it has {self.functions}")
+        entry = self._entries_by_name.get(name)
+        if entry is None:
+            raise KeyError(f"{self.name} has no entry point {name!r}; it has {self.functions}")
+        return entry
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,12 @@ def test_op_declares_every_entry():
             found = [part.split(":")[0].strip().lstrip("%").removesuffix("_arg").removesuffix("_storage")
                      for part in signature.split("(", 1)[1].split(",") if part.strip().startswith("%")]
             assert found[: len(names)] == names, (entry.name, found)
+
+
+def test_kernel_declarations_are_checked():
+    """An entry with column outputs must say which entry writes them for an empty batch."""
+    from lnbwd_iree.specialization import Arg, Entry, Kernel, Role
+
+    entry = Entry("f", (Arg("x", Role.ROWS),), (Arg("dgamma", Role.COLUMNS),), ("eps",), "f")
+    with pytest.raises(ValueError, match="zero_columns_from must name an entry of k without scalars"):
+        Kernel("k", (entry,), lambda spec, target: {})
