@@ -726,8 +726,9 @@ def markdown(report: dict) -> str:
     rows = report["results"]
     by = {(r["op"], r["impl"], r["dtype"], r["m"], r["n"]): r for r in rows}
     copy = f"; copy bandwidth {report['copy_gbps']:.0f} GB/s" if report["copy_gbps"] else ""
+    norms = [norm for norm, ops in NORM_OPS.items() if any(r["op"] in ops.values() for r in rows)]
     lines = [
-        f"# LayerNorm benchmark: {report['device']} ({report['driver']}, {report['chip']})",
+        f"# {' and '.join(norms) or 'no'} benchmark: {report['device']} ({report['driver']}, {report['chip']})",
         "",
         f"IREE {report['iree_version']}, torch {report['torch_version']}, Liger {report['liger_version']},"
         f" {report['date']}{copy}; L2 {report['l2_bytes'] / 2**20:.1f} MiB.",
