@@ -295,24 +295,32 @@ def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
         return fields
     configs = row_configs(spec, target)
     fields.update(configs, STATS_BARRIER=stats_barrier(spec, bool(configs["ROW_ROOT_CONFIG"])))
-    blocks = column_blocks(spec, target)
-    if blocks is not None:
-        layout = partial_layout(spec, target, blocks[0])
-        # On GPUs, [G, 2, N] partials are summed by one scheduled op per
-        # result (8192x4096 bf16: IREE's own 3-D op took 15 us in 64
-        # workgroups of 32 threads); else by one op.
-        final_config = partial_sum_config(spec, target.subgroup_size, blocks[0]) if target.is_gpu else ""
-        per_result = bool(final_config) and layout["PARTIAL_INDEX"] == "(g, k, j)"
-        fields.update(
-            COLUMN_SUMS="column_sums_blocked.mlir",
-            G=str(blocks[0]),
-            R=str(blocks[1]),
-            PARTIAL_CONFIG=partial_config(spec, target, blocks[1]),
-            FINAL_SUMS="column_sums_per_result.mlir" if per_result else "column_sums_joint.mlir",
-            PARTIAL_SUM_CONFIG=final_config,
-            **layout,
-        )
+    fields.update(column_sums_fields(spec, target))
     return fields
+
+
+def column_sums_fields(spec: Specialization, target: Target) -> dict[str, str]:
+    """The two-pass design's column sums of dY and dY * x_hat: one reduction
+    over all rows (column_sums_direct.mlir), or for static M blocked partials
+    and their final sums (column_sums_blocked.mlir)."""
+    blocks = column_blocks(spec, target)
+    if blocks is None:
+        return {"COLUMN_SUMS": "column_sums_direct.mlir"}
+    layout = partial_layout(spec, target, blocks[0])
+    # On GPUs, [G, 2, N] partials are summed by one scheduled op per
+    # result (8192x4096 bf16: IREE's own 3-D op took 15 us in 64
+    # workgroups of 32 threads); else by one op.
+    final_config = partial_sum_config(spec, target.subgroup_size, blocks[0]) if target.is_gpu else ""
+    per_result = bool(final_config) and layout["PARTIAL_INDEX"] == "(g, k, j)"
+    return dict(
+        COLUMN_SUMS="column_sums_blocked.mlir",
+        G=str(blocks[0]),
+        R=str(blocks[1]),
+        PARTIAL_CONFIG=partial_config(spec, target, blocks[1]),
+        FINAL_SUMS="column_sums_per_result.mlir" if per_result else "column_sums_joint.mlir",
+        PARTIAL_SUM_CONFIG=final_config,
+        **layout,
+    )
 
 
 def backward_library(spec: Specialization, target: Target) -> str:
