@@ -2,7 +2,8 @@
 // rstd = 1/sqrt(mean_j(x^2) + eps), rows of length N. Fields: T, A, M, N as
 // in layernorm_backward.mlir; ROW_ROOT_CONFIG and ROW_DX_CONFIG are hand-set
 // GPU schedules of the row dispatch (ops/rmsnorm.py), or empty; STATS_BARRIER
-// defines %rstd from %rstd_fused in the recompute entry.
+// defines %rstd from %rstd_fused in the recompute entry; COLUMN_SUMS and its
+// fields are LayerNorm's two-pass column sums.
 //
 // Math, with x_hat = x * rstd and g = gamma * dY:
 //   dgamma_j = sum_i dY_ij * x_hat_ij
@@ -98,21 +99,14 @@ func.func private @rms_backward_with_stats(
     linalg.yield %dx_s : {T}
   } -> tensor<?x?x{T}>
 
-  // dgamma: one reduction over all M rows per column.
-  %col_init = tensor.empty(%n) : tensor<?x{A}>
-  %col_zero = linalg.fill ins(%zero : {A}) outs(%col_init : tensor<?x{A}>) -> tensor<?x{A}>
-  %dgamma_acc = linalg.generic {
-      indexing_maps = [#rows_cols, #rows_cols, #rows, #cols],
-      iterator_types = ["reduction", "parallel"]}
-      ins(%dy, %x, %rstd : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{A}>) outs(%col_zero : tensor<?x{A}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %rstd_s: {A}, %acc: {A}):
-    %dy_w = widen %dy_s
-    %x_w = widen %x_s
-    %xhat = arith.mulf %x_w, %rstd_s : {A}
-    %dy_xhat = arith.mulf %dy_w, %xhat : {A}
-    %sum = arith.addf %acc, %dy_xhat : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<?x{A}>
+  // dgamma: LayerNorm's column sums (COLUMN_SUMS: one reduction over all
+  // rows, or blocked partials for static M; ops/layernorm.py
+  // column_sums_fields) with a zero mean, so that their x_hat is x * rstd.
+  // The sum of dY they also make (LayerNorm's dbeta) is unused: its final
+  // sum is dropped, and its partials share the loads of dY.
+  %mean_init = tensor.empty(%m) : tensor<?x{A}>
+  %mean = linalg.fill ins(%zero : {A}) outs(%mean_init : tensor<?x{A}>) -> tensor<?x{A}>
+  {COLUMN_SUMS}
   %col_out_init = tensor.empty(%n) : tensor<?x{T}>
   %dgamma = linalg.generic {
       indexing_maps = [affine_map<(j) -> (j)>, affine_map<(j) -> (j)>], iterator_types = ["parallel"]}

@@ -1,11 +1,11 @@
 """RMSNorm over the last dim: its kernels, their entry points and argument
 roles, and the design rules that fill its templates (mlir/rmsnorm_*.mlir).
 
-The design reuses LayerNorm's GPU row schedules, which depend only on N and
-the dtype: the forward's row dispatch (the row held in registers, read once)
-and the backward's row dispatch (several subgroups per row). The backward's
-dgamma is one column reduction over all rows (no blocked partials and no
-one-pass row-block design yet)."""
+The design reuses LayerNorm's: the forward's GPU row dispatch (the row held
+in registers, read once), and its two-pass backward: the row dispatch
+(several subgroups per row on GPUs) and the column sums (blocked partials
+for static M), which give dgamma when the mean is zero. LayerNorm's one-pass
+row-block backward is not used yet: RMSNorm's backward reads dY and X twice."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
         "ROW_ROOT_CONFIG": configs["ROW_ROOT_CONFIG"],
         "ROW_DX_CONFIG": configs["ROW_DX_CONFIG"],
         "STATS_BARRIER": stats_barrier(spec, bool(configs["ROW_ROOT_CONFIG"])),
+        **layernorm.column_sums_fields(spec, target),
     }
 
 
