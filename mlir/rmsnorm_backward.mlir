@@ -102,8 +102,8 @@ func.func private @rms_backward_with_stats(
   // dgamma: LayerNorm's column sums (COLUMN_SUMS: one reduction over all
   // rows, or blocked partials for static M; ops/layernorm.py
   // column_sums_fields) with a zero mean, so that their x_hat is x * rstd.
-  // The sum of dY they also make (LayerNorm's dbeta) is unused: its final
-  // sum is dropped, and its partials share the loads of dY.
+  // The sum of dY they also make (LayerNorm's dbeta) is unused; IREE drops
+  // it, partials included (docs/design.md, RMSNorm).
   %mean_init = tensor.empty(%m) : tensor<?x{A}>
   %mean = linalg.fill ins(%zero : {A}) outs(%mean_init : tensor<?x{A}>) -> tensor<?x{A}>
   {COLUMN_SUMS}
