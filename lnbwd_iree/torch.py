@@ -5,7 +5,9 @@ and ``lnbwd_iree::layer_norm_bwd`` (``torch.library.custom_op``, with fake
 implementations and autograd), so ``torch.compile`` (also ``fullgraph=True``)
 and ``torch.export`` treat them as single opaque ops. Tensors cross to IREE
 through DLPack without copies; the [N] weight and bias are imported once and
-reused while they are alive.
+reused while they are alive, and where each call is waited for, a call's
+other tensors are imported without ownership and reused by address
+(``Binding.borrowed``).
 
 One IREE device serves each torch device: CPU tensors run on local-task,
 ``cuda:N`` on IREE's cuda driver (the device with the same UUID), and on ROCm
@@ -164,6 +166,7 @@ class Binding:
         self.ordering = ordering
         self._vectors: collections.OrderedDict = collections.OrderedDict()
         self._borrowed: collections.OrderedDict = collections.OrderedDict()
+        self._kept_after_failure: list = []
         self._lock = threading.Lock()
 
     def array(self, tensor: torch.Tensor) -> ireert.DeviceArray:
@@ -201,6 +204,26 @@ class Binding:
             while len(self._borrowed) > self.BORROWED_CACHE_SIZE:
                 self._borrowed.popitem(last=False)
         return array
+
+    def call(self, run, tensors: tuple) -> None:
+        """``run()``, one IREE call on borrowed imports of ``tensors``, between
+        the ordering's ``before`` and ``after``. A call that raises after its
+        work was (perhaps partly) queued, i.e. the runtime's timeline moved on
+        or was replaced, may leave work on the device that still reads or
+        writes ``tensors``; the imports do not own them, so they are kept for
+        the life of the process and torch never gives their memory to
+        another tensor. Calls rejected before queuing keep nothing."""
+        kernels = self.kernels
+        timeline, value = kernels._timeline, kernels._last_signal
+        self.ordering.before()
+        try:
+            run()
+        except BaseException:
+            if kernels._timeline is not timeline or kernels._last_signal != value:
+                with self._lock:
+                    self._kept_after_failure.append(tensors)
+            raise
+        self.ordering.after(kernels)
 
     def vector(self, tensor: torch.Tensor) -> ireert.DeviceArray:
         """``array`` for a weight or bias, imported once. An import is the
@@ -343,13 +366,14 @@ def _forward_kernel(x, weight, bias, eps):
     binding = binding_for(x.device)
     gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
     beta = _vector(binding, bias, n, x.dtype, 0.0, x.device)
-    binding.ordering.before()
-    binding.kernels.forward(
-        binding.borrowed(x.view(m, n)), gamma, beta, eps=eps,
-        out=(binding.borrowed(y.view(m, n)), binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m))),
-        wait=binding.ordering.wait,
+    binding.call(
+        lambda: binding.kernels.forward(
+            binding.borrowed(x.view(m, n)), gamma, beta, eps=eps,
+            out=(binding.borrowed(y.view(m, n)), binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m))),
+            wait=binding.ordering.wait,
+        ),
+        (x, y, mean, rstd),
     )
-    binding.ordering.after(binding.kernels)
     return y, mean, rstd
 
 
@@ -386,14 +410,15 @@ def _backward_kernel(dy, x, weight, mean, rstd):
     dweight, dbias = x.new_empty(n), x.new_empty(n)
     binding = binding_for(x.device)
     gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    binding.ordering.before()
-    binding.kernels.backward(
-        binding.borrowed(dy.view(m, n)), binding.borrowed(x.view(m, n)), gamma,
-        binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m)),
-        out=(binding.borrowed(dx.view(m, n)), binding.borrowed(dweight), binding.borrowed(dbias)),
-        wait=binding.ordering.wait,
+    binding.call(
+        lambda: binding.kernels.backward(
+            binding.borrowed(dy.view(m, n)), binding.borrowed(x.view(m, n)), gamma,
+            binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m)),
+            out=(binding.borrowed(dx.view(m, n)), binding.borrowed(dweight), binding.borrowed(dbias)),
+            wait=binding.ordering.wait,
+        ),
+        (dy, x, mean, rstd, dx, dweight, dbias),
     )
-    binding.ordering.after(binding.kernels)
     return dx, dweight.to(grad_dtype), dbias.to(grad_dtype)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -43,10 +44,14 @@ from pathlib import Path
 import torch
 
 import lnbwd_iree.torch as ours
-from lnbwd_iree.bench import parse_shape
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 L2_BYTES = 50 << 20
+
+
+def parse_shape(text):
+    m, n = text.lower().split("x")
+    return int(m), int(n)
 
 
 def log(text):
@@ -169,7 +174,7 @@ def relative(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def probe_shape(m, n, dtype_name, rounds, steps, device):
+def probe_shape(m, n, dtype_name, rounds, steps, device, only=()):
     dtype = DTYPES[dtype_name]
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     generator = torch.Generator(device=device).manual_seed(m * 7 + n)
@@ -202,7 +207,7 @@ def probe_shape(m, n, dtype_name, rounds, steps, device):
         errors[label] = max(relative(a, b) for a, b in zip(got, reference))
     log(f"{m}x{n} {dtype_name}: max rel err vs float64 {errors}")
 
-    def step(module, i, phases):
+    def step(module, i, phases, pause=0.0):
         t0 = time.perf_counter()
         out = module(xs[i])
         t1 = time.perf_counter()
@@ -213,6 +218,35 @@ def probe_shape(m, n, dtype_name, rounds, steps, device):
         synchronize()
         t4 = time.perf_counter()
         phases.append((t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        if pause:
+            time.sleep(pause)  # untimed: lets other threads finish before the next step
+
+    def paused_step(module, i, phases):
+        step(module, i, phases, pause=500e-6)
+
+    backward_thread = concurrent.futures.ThreadPoolExecutor(1)
+    detached = [t.detach() for t in (modules["ours"].weight, modules["ours"].bias)]
+
+    def manual(module, i, phases, executor=None):
+        """The two kernels called directly, no autograd (the backward on
+        ``executor``'s thread when given, as autograd runs it on its own)."""
+        x, weight_, bias_ = xs[i].detach(), *detached
+        t0 = time.perf_counter()
+        y, mean, rstd = ours._forward_kernel(x, weight_, bias_, 1e-5)
+        t1 = time.perf_counter()
+        if executor is None:
+            grads = ours._backward_kernel(dys[i], x, weight_, mean, rstd)
+        else:
+            grads = executor.submit(ours._backward_kernel, dys[i], x, weight_, mean, rstd).result()
+        t2 = time.perf_counter()
+        del y, mean, rstd, grads
+        t3 = time.perf_counter()
+        synchronize()
+        t4 = time.perf_counter()
+        phases.append((t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+
+    def manual_threaded(module, i, phases):
+        manual(module, i, phases, backward_thread)
 
     def forward_only(module, i, phases):
         t0 = time.perf_counter()
@@ -243,7 +277,12 @@ def probe_shape(m, n, dtype_name, rounds, steps, device):
         "owning bwd alone (retained)": (modules["ours"], backward_retained, owning),
         "borrowed fwd alone": (modules["ours"], forward_only, contextlib.nullcontext),
         "borrowed bwd alone (retained)": (modules["ours"], backward_retained, contextlib.nullcontext),
+        "borrowed, 0.5 ms pause after each step": (modules["ours"], paused_step, contextlib.nullcontext),
+        "kernels called directly": (modules["ours"], manual, contextlib.nullcontext),
+        "kernels called directly, bwd on a thread": (modules["ours"], manual_threaded, contextlib.nullcontext),
     }
+    if only:
+        variants = {name: v for name, v in variants.items() if name in only}
     samples = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (module, fn, context) in variants.items():
@@ -253,12 +292,14 @@ def probe_shape(m, n, dtype_name, rounds, steps, device):
                 for k in range(steps):
                     fn(module, k % n_sets, samples[name])
             retained.clear()
+    backward_thread.shutdown()
     counts = collections.Counter()
-    with owning(), release_threads(counts):
-        for k in range(steps):
-            step(modules["ours"], k % n_sets, [])
-    synchronize()
-    time.sleep(0.05)
+    if not only or "owning" in only:
+        with owning(), release_threads(counts):
+            for k in range(steps):
+                step(modules["ours"], k % n_sets, [])
+        synchronize()
+        time.sleep(0.05)
     rows = []
     for name, values in samples.items():
         medians = [statistics.median(v[j] for v in values) * 1e6 for j in range(len(values[0]))]
@@ -268,7 +309,8 @@ def probe_shape(m, n, dtype_name, rounds, steps, device):
         rows.append(row)
         parts = "" if len(medians) == 1 else "  (fwd {:.0f}, bwd {:.0f}, del {:.0f}, sync {:.0f})".format(*medians[1:])
         log(f"{m}x{n} {dtype_name:4s} {name:30s} {medians[0]:8.1f} us{parts}")
-    log(f"{m}x{n} {dtype_name}: owning imports last released on threads {dict(counts)}")
+    if counts:
+        log(f"{m}x{n} {dtype_name}: owning imports last released on threads {dict(counts)}")
     return {"rows": rows, "errors": errors, "release_threads": dict(counts), "input_sets": n_sets}
 
 
@@ -278,6 +320,7 @@ def main(argv=None):
     parser.add_argument("--dtype", action="append", choices=DTYPES)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--variant", action="append", help="run only these variants (repeatable; default all)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -286,7 +329,7 @@ def main(argv=None):
     report = {"torch": torch.__version__, "device": name, "results": []}
     for m, n in [parse_shape(s) for s in args.shape or ["4096x1024", "8192x4096"]]:
         for dtype_name in args.dtype or ["f32", "bf16"]:
-            report["results"].append(probe_shape(m, n, dtype_name, args.rounds, args.steps, device))
+            report["results"].append(probe_shape(m, n, dtype_name, args.rounds, args.steps, device, args.variant or ()))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "torch_step_probe.json").write_text(json.dumps(report, indent=2))

@@ -220,6 +220,38 @@ def test_borrowed_imports_cache_is_bounded(monkeypatch):
     assert binding.borrowed(tensors[0]) is not arrays[0]  # the oldest was dropped and is imported again
 
 
+def test_tensors_of_a_call_that_failed_after_queuing_are_kept(monkeypatch):
+    """A call that raises once work may be queued (the runtime moved to a new
+    timeline) keeps its tensors alive: the borrowed imports do not, and the
+    device may still write them. A call rejected before queuing keeps nothing."""
+    binding = binding_for(torch.device("cpu"))
+    kernels = binding.kernels
+    x, weight, bias = torch.randn(4, 16), torch.randn(16), torch.randn(16)
+
+    def failing_after_queue(*args, **kwargs):
+        kernels._timeline = kernels.device.create_semaphore(0)  # as _restart_timeline does
+        kernels._last_signal = 0
+        raise RuntimeError("submission failed")
+
+    def rejected(*args, **kwargs):
+        raise ValueError("rejected before queuing")
+
+    kept = len(binding._kept_after_failure)
+    monkeypatch.setattr(kernels, "forward", rejected)
+    with pytest.raises(ValueError, match="rejected before queuing"):
+        ours_module._forward_kernel(x, weight, bias, 1e-5)
+    assert len(binding._kept_after_failure) == kept
+    monkeypatch.setattr(kernels, "forward", failing_after_queue)
+    with pytest.raises(RuntimeError, match="submission failed"):
+        ours_module._forward_kernel(x, weight, bias, 1e-5)
+    assert len(binding._kept_after_failure) == kept + 1
+    assert binding._kept_after_failure[-1][0] is x
+    monkeypatch.undo()
+    binding._kept_after_failure.pop()
+    y, _, _ = ours_module._forward_kernel(x, weight, bias, 1e-5)  # the new timeline serves later calls
+    assert relative(y, torch.nn.functional.layer_norm(x, (16,), weight, bias)) < 1e-5
+
+
 def test_orderings_that_do_not_wait_get_owning_imports():
     """HIP's ordering returns before IREE's work is done, so an import must
     own its tensor until IREE releases it: ``borrowed`` falls back to ``array``."""
