@@ -131,6 +131,8 @@ class _BorrowCapsule:
 
     def __init__(self):
         self._struct = _DLManagedTensor()
+        # Never freed, not even at interpreter teardown, when IREE may still release imports.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._struct))
         self._shape = (ctypes.c_int64 * self.MAX_DIMS)()
         self._struct.dl_tensor.shape = self._shape
         self._struct.dl_tensor.lanes = 1
