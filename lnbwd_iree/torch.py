@@ -6,7 +6,9 @@ implementations and autograd), so ``torch.compile`` (also ``fullgraph=True``)
 and ``torch.export`` treat them as single opaque ops; RMSNorm's are
 ``lnbwd_iree::rms_norm_fwd`` and ``lnbwd_iree::rms_norm_bwd``, in the same form. Tensors cross to IREE
 through DLPack without copies; the [N] weight and bias are imported once and
-reused while they are alive.
+reused while they are alive, and where each call is waited for, a call's
+other tensors are imported without ownership and reused by address
+(``Binding.borrowed``).
 
 One IREE device serves each torch device: CPU tensors run on local-task,
 ``cuda:N`` on IREE's cuda driver (the device with the same UUID), and on ROCm
@@ -98,23 +100,135 @@ def hip_device_params(stream_handle: int) -> dict:
     return {"hip_external_stream": str(stream_handle)}
 
 
+class _DLTensor(ctypes.Structure):
+    """DLPack's DLTensor (dlpack.h), with DLDevice and DLDataType inlined."""
+
+    _fields_ = [
+        ("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+        ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16),
+        ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+
+# DLPack type codes (kDLFloat = 2, kDLBfloat = 4) and bits of the supported dtypes.
+_DLPACK_TYPES = {torch.float32: (2, 32), torch.float16: (2, 16), torch.bfloat16: (4, 16), torch.float64: (2, 64)}
+
+
+class _BorrowCapsule:
+    """DLPack capsules that describe memory without owning it. IREE keeps the
+    DLManagedTensor a capsule points to until it releases the import, then
+    calls its deleter: so every capsule points to this one struct, which lives
+    as long as the process and whose deleter stays NULL; its fields are only
+    read while ``from_dlpack_capsule`` runs, under the lock."""
+
+    MAX_DIMS = 8
+    _name = b"dltensor"
+    _new = ctypes.pythonapi.PyCapsule_New
+    _new.restype = ctypes.py_object
+    _new.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
+
+    def __init__(self):
+        self._struct = _DLManagedTensor()
+        # Never freed, not even at interpreter teardown, when IREE may still release imports.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._struct))
+        self._shape = (ctypes.c_int64 * self.MAX_DIMS)()
+        self._struct.dl_tensor.shape = self._shape
+        self._struct.dl_tensor.lanes = 1
+        self.lock = threading.Lock()
+
+    def capsule(self, tensor: torch.Tensor):
+        """A capsule of ``tensor``'s (contiguous) memory; call with ``lock`` held
+        and import it before the next call."""
+        dl = self._struct.dl_tensor
+        dl.data = tensor.data_ptr()
+        dl.ndim = tensor.dim()
+        dl.code, dl.bits = _DLPACK_TYPES[tensor.dtype]
+        for i, size in enumerate(tensor.shape):
+            self._shape[i] = size
+        return self._new(ctypes.addressof(self._struct), self._name, None)
+
+
+_borrow_capsule = _BorrowCapsule()
+
+
 class Binding:
     """One IREE device (its ``LayerNormKernels``) serving one torch device, how
     calls are ordered with torch's work, and the weights imported so far."""
 
     # Imported [N] vectors kept: a few per LayerNorm in a model.
     VECTOR_CACHE_SIZE = 256
+    # Borrowed imports kept: the activations, gradients and statistics of the
+    # LayerNorms of a model, at the addresses torch's allocator gives them each step.
+    BORROWED_CACHE_SIZE = 4096
 
     def __init__(self, kernels: LayerNormKernels, ordering):
         self.kernels = kernels
         self.ordering = ordering
         self._vectors: collections.OrderedDict = collections.OrderedDict()
+        self._borrowed: collections.OrderedDict = collections.OrderedDict()
+        self._kept_after_failure: list = []
         self._lock = threading.Lock()
 
     def array(self, tensor: torch.Tensor) -> ireert.DeviceArray:
-        """A contiguous tensor's memory as an IREE array, without a copy."""
+        """A contiguous tensor's memory as an IREE array, without a copy. The
+        import keeps ``tensor``'s storage alive until IREE releases it."""
         view = self.kernels.device.from_dlpack_capsule(torch.utils.dlpack.to_dlpack(tensor))
         return ireert.DeviceArray(self.kernels.device, view, implicit_host_transfer=True)
+
+    def borrowed(self, tensor: torch.Tensor) -> ireert.DeviceArray:
+        """``array`` for a contiguous tensor that the caller holds until the call
+        it is passed to has returned; the import does not own the memory and is
+        reused for the next tensor at the same address with the same dtype and
+        shape (in training, the same step's tensors of the next step).
+
+        Why that is safe: with an ordering that waits for each call (``wait``),
+        IREE reads and writes an import only during a call, while the caller
+        holds the tensor; after it, the cached import is an address that is
+        used again only for a live tensor occupying exactly that memory. Its
+        release runs no torch code (so nothing waits for the GIL on IREE's
+        completion thread, and no tensor outlives its last Python reference).
+        Orderings that return before the work is done (HIP) get owning imports."""
+        if not self.ordering.wait:
+            return self.array(tensor)
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        with self._lock:
+            array = self._borrowed.get(key)
+            if array is not None:
+                self._borrowed.move_to_end(key)
+                return array
+        with _borrow_capsule.lock:
+            view = self.kernels.device.from_dlpack_capsule(_borrow_capsule.capsule(tensor))
+        array = ireert.DeviceArray(self.kernels.device, view, implicit_host_transfer=True)
+        with self._lock:
+            self._borrowed[key] = array
+            while len(self._borrowed) > self.BORROWED_CACHE_SIZE:
+                self._borrowed.popitem(last=False)
+        return array
+
+    def call(self, run, tensors: tuple) -> None:
+        """``run()``, one IREE call on borrowed imports of ``tensors``, between
+        the ordering's ``before`` and ``after``. A call that raises after its
+        work was (perhaps partly) queued, i.e. the runtime's timeline moved on
+        or was replaced, may leave work on the device that still reads or
+        writes ``tensors``; the imports do not own them, so they are kept for
+        the life of the process and torch never gives their memory to
+        another tensor. Calls rejected before queuing keep nothing."""
+        kernels = self.kernels
+        timeline, value = kernels._timeline, kernels._last_signal
+        self.ordering.before()
+        try:
+            run()
+        except BaseException:
+            if kernels._timeline is not timeline or kernels._last_signal != value:
+                with self._lock:
+                    self._kept_after_failure.append(tensors)
+            raise
+        self.ordering.after(kernels)
 
     def vector(self, tensor: torch.Tensor) -> ireert.DeviceArray:
         """``array`` for a weight or bias, imported once. An import is the
@@ -257,13 +371,14 @@ def _forward_kernel(x, weight, bias, eps):
     binding = binding_for(x.device)
     gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
     beta = _vector(binding, bias, n, x.dtype, 0.0, x.device)
-    binding.ordering.before()
-    binding.kernels.forward(
-        binding.array(x.view(m, n)), gamma, beta, eps=eps,
-        out=(binding.array(y.view(m, n)), binding.array(mean.view(m)), binding.array(rstd.view(m))),
-        wait=binding.ordering.wait,
+    binding.call(
+        lambda: binding.kernels.forward(
+            binding.borrowed(x.view(m, n)), gamma, beta, eps=eps,
+            out=(binding.borrowed(y.view(m, n)), binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m))),
+            wait=binding.ordering.wait,
+        ),
+        (x, y, mean, rstd),
     )
-    binding.ordering.after(binding.kernels)
     return y, mean, rstd
 
 
@@ -304,14 +419,15 @@ def _backward_kernel(dy, x, weight, mean, rstd):
     dweight, dbias = x.new_empty(n), x.new_empty(n)
     binding = binding_for(x.device)
     gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    binding.ordering.before()
-    binding.kernels.backward(
-        binding.array(dy.view(m, n)), binding.array(x.view(m, n)), gamma,
-        binding.array(mean.view(m)), binding.array(rstd.view(m)),
-        out=(binding.array(dx.view(m, n)), binding.array(dweight), binding.array(dbias)),
-        wait=binding.ordering.wait,
+    binding.call(
+        lambda: binding.kernels.backward(
+            binding.borrowed(dy.view(m, n)), binding.borrowed(x.view(m, n)), gamma,
+            binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m)),
+            out=(binding.borrowed(dx.view(m, n)), binding.borrowed(dweight), binding.borrowed(dbias)),
+            wait=binding.ordering.wait,
+        ),
+        (dy, x, mean, rstd, dx, dweight, dbias),
     )
-    binding.ordering.after(binding.kernels)
     return dx, dweight.to(grad_dtype), dbias.to(grad_dtype)
 
 

@@ -26,13 +26,31 @@
   %dx_blocks, %partials_static = flow.dispatch.region -> (tensor<{G}x{R}x{N}x{T}>, tensor<{G}x2x{N}x{A}>) {
     %block_row_init = tensor.empty() : tensor<{G}x{R}x{A}>
     %block_row_zero = linalg.fill {lnbwd_role = "fill"} ins(%zero : {A}) outs(%block_row_init : tensor<{G}x{R}x{A}>) -> tensor<{G}x{R}x{A}>
-    // Per-row sum of gamma * dY.
+    // Per-row sum of gamma * dY. X, mean and rstd are inputs as well: where
+    // %load_x_first compares mean and rstd (16-bit rows of >= 4096
+    // elements, kernels.py), a row's X and statistics are loaded with its
+    // dY, before this sum's workgroup reduction rather than after it (one
+    // memory latency per row instead of two in sequence). The select then takes x only where mean or rstd is
+    // NaN, where dX and dgamma are NaN whatever this sum is (dbeta does not
+    // use it), so results are unchanged. Where it is the constant false
+    // (f32 and shorter rows, which measured no gain), the select folds away
+    // and with it the extra inputs.
     %block_sum_g = linalg.generic {
-        indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (j)>, affine_map<(g, r, j) -> (g, r)>],
+        indexing_maps = [affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (g, r, j)>, affine_map<(g, r, j) -> (j)>,
+                         affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>, affine_map<(g, r, j) -> (g, r)>],
         iterator_types = ["parallel", "parallel", "reduction"], lnbwd_role = "row"}
-        ins(%dy_blocks, %gamma_static : tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>)
+        ins(%dy_blocks, %x_blocks, %gamma_static, %mean_blocks, %rstd_blocks
+            : tensor<{G}x{R}x{N}x{T}>, tensor<{G}x{R}x{N}x{T}>, tensor<{N}x{T}>, tensor<{G}x{R}x{A}>, tensor<{G}x{R}x{A}>)
         outs(%block_row_zero : tensor<{G}x{R}x{A}>) {
-    {ROW_SUM_G_BODY}
+    ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %mean_s: {A}, %rstd_s: {A}, %acc: {A}):
+      %dy_w = widen %dy_s
+      %x_w = widen %x_s
+      %gamma_w = widen %gamma_s
+      %g = arith.mulf %gamma_w, %dy_w : {A}
+      {SUM_G_READS_X}
+      %term = arith.select %load_x_first, %x_w, %g : {A}
+      %sum = arith.addf %acc, %term : {A}
+      linalg.yield %sum : {A}
     } -> tensor<{G}x{R}x{A}>
     // Per-row sum of (g - mean_j'(g)) * x_hat, as in row_then_column_passes.mlir.
     %block_sum_gc_xhat = linalg.generic {

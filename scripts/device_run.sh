@@ -2,7 +2,7 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [fair] [rms] [bench DTYPE...]
+# Usage: scripts/device_run.sh [tests] [fair] [torch] [ddp] [rms] [bench DTYPE...]
 #   fair: the full bench (every peer, backward and forward) on the seven shapes,
 #   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png}.
 set -uo pipefail
@@ -46,6 +46,10 @@ for step in "$@"; do
       LNBWD_IREE_TEST_DEVICES=cuda python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_torch.py" -k cuda 2>&1 \
         | tee "$OUT/pytest_torch_cuda.log" | tail -8
       python3 "$REPO/scripts/bench_torch.py" --device cuda --out "$OUT" ;;
+    ddp)
+      # scripts/ddp_train.py over NCCL, one process per GPU of this machine (world size 1 on one GPU).
+      python3 -m torch.distributed.run --standalone --nproc_per_node="$(nvidia-smi -L | wc -l)" \
+        "$REPO/scripts/ddp_train.py" --device cuda --json "$OUT/ddp_cuda.json" 2>&1 | tee "$OUT/ddp_cuda.log" | tail -6 ;;
     rms)
       # RMSNorm on CUDA: kernel and torch tests, then IREE against torch eager on a large and a small shape.
       LNBWD_IREE_TEST_DEVICES=cuda python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_rmsnorm.py" \

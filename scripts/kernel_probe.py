@@ -60,11 +60,9 @@ def run(out: Path, result_path: Path | None):
 
     variants = json.loads((out / "variants.json").read_text())
     kernels = runtime.LayerNormKernels("cuda", static_shapes=True)
-    try:
-        torch_impls = bench.TorchImpls("cuda")
-        copy_gbps, l2 = torch_impls.copy_gbps(), torch_impls.l2_bytes()
-    except ImportError:
-        copy_gbps, l2 = None, 50 << 20
+    # The bench's device figures: copy bandwidth through torch (None without it) and L2 size.
+    figures = bench.Bench("cuda", ["torch_eager"])
+    copy_gbps, l2 = figures.copy_gbps, figures.l2_bytes
     print(f"copy {copy_gbps and round(copy_gbps)} GB/s, L2 {l2 >> 20} MiB", flush=True)
     rng = np.random.default_rng()
     state = {}  # variant file -> (entries, plans) of its loaded module

@@ -162,6 +162,108 @@ def test_weights_updated_in_place_or_replaced_are_seen():
         assert relative(ours(x), theirs(x)) < 1e-5, f"step {step}"
 
 
+def test_borrowed_imports_are_reused_per_address_dtype_and_shape():
+    """A borrowed import is cached by (address, dtype, shape); a call reads
+    the memory when it runs, so new values written into the same tensor
+    between calls are what the next call sees."""
+    binding = binding_for(torch.device("cpu"))
+    storage = torch.randn(8, 32)
+    first = binding.borrowed(storage)
+    assert binding.borrowed(storage) is first
+    assert binding.borrowed(storage.view(4, 64)) is not first  # other shape
+    assert binding.borrowed(storage[1:]) is not first  # other address
+    assert binding.borrowed(storage.to(torch.bfloat16)) is not first  # other dtype (and memory)
+    ours, theirs = LayerNorm(32), torch.nn.LayerNorm(32)
+    randomize(ours, fresh_seed())
+    theirs.load_state_dict(ours.state_dict())
+    for step in range(3):
+        with torch.no_grad():
+            storage.copy_(torch.randn(8, 32) * (step + 1) + step)
+        x = storage.requires_grad_() if step == 0 else storage
+        dy = torch.randn(8, 32)
+        ours_grads = torch.autograd.grad(ours(x), [x, ours.weight, ours.bias], dy)
+        theirs_grads = torch.autograd.grad(theirs(x), [x, theirs.weight, theirs.bias], dy)
+        assert relative(ours(x), theirs(x)) < 1e-5, f"step {step}"
+        for a, b in zip(ours_grads, theirs_grads):
+            assert relative(a, b) < 1e-4, f"step {step}"
+
+
+def test_borrowed_imports_do_not_keep_tensors_alive():
+    """The cached import is an address, not an owner: a tensor passed to a
+    call is freed when its last Python reference goes, and a new tensor at
+    the same address (torch's allocator reuses it) gets the right results."""
+    import gc
+    import weakref
+
+    binding = binding_for(torch.device("cpu"))
+    ours, theirs = LayerNorm(48), torch.nn.LayerNorm(48)
+    randomize(ours, fresh_seed())
+    theirs.load_state_dict(ours.state_dict())
+    for step in range(4):
+        x = torch.randn(16, 48) * (step + 1)
+        y = ours(x)
+        assert relative(y, theirs(x)) < 1e-5, f"step {step}"
+        alive = weakref.ref(x), weakref.ref(y)
+        del x, y
+        gc.collect()
+        assert alive[0]() is None and alive[1]() is None, f"step {step}: an import kept a tensor alive"
+    assert len(binding._borrowed) <= binding.BORROWED_CACHE_SIZE
+
+
+def test_borrowed_imports_cache_is_bounded(monkeypatch):
+    binding = binding_for(torch.device("cpu"))
+    monkeypatch.setattr(binding, "BORROWED_CACHE_SIZE", 3)
+    tensors = [torch.randn(4, 8) for _ in range(6)]
+    arrays = [binding.borrowed(t) for t in tensors]
+    assert len(binding._borrowed) == 3
+    assert binding.borrowed(tensors[-1]) is arrays[-1]  # the newest stay
+    assert binding.borrowed(tensors[0]) is not arrays[0]  # the oldest was dropped and is imported again
+
+
+def test_tensors_of_a_call_that_failed_after_queuing_are_kept(monkeypatch):
+    """A call that raises once work may be queued (the runtime moved to a new
+    timeline) keeps its tensors alive: the borrowed imports do not, and the
+    device may still write them. A call rejected before queuing keeps nothing."""
+    binding = binding_for(torch.device("cpu"))
+    kernels = binding.kernels
+    x, weight, bias = torch.randn(4, 16), torch.randn(16), torch.randn(16)
+
+    def failing_after_queue(*args, **kwargs):
+        kernels._timeline = kernels.device.create_semaphore(0)  # as _restart_timeline does
+        kernels._last_signal = 0
+        raise RuntimeError("submission failed")
+
+    def rejected(*args, **kwargs):
+        raise ValueError("rejected before queuing")
+
+    kept = len(binding._kept_after_failure)
+    monkeypatch.setattr(kernels, "forward", rejected)
+    with pytest.raises(ValueError, match="rejected before queuing"):
+        ours_module._forward_kernel(x, weight, bias, 1e-5)
+    assert len(binding._kept_after_failure) == kept
+    monkeypatch.setattr(kernels, "forward", failing_after_queue)
+    with pytest.raises(RuntimeError, match="submission failed"):
+        ours_module._forward_kernel(x, weight, bias, 1e-5)
+    assert len(binding._kept_after_failure) == kept + 1
+    assert binding._kept_after_failure[-1][0] is x
+    monkeypatch.undo()
+    binding._kept_after_failure.pop()
+    y, _, _ = ours_module._forward_kernel(x, weight, bias, 1e-5)  # the new timeline serves later calls
+    assert relative(y, torch.nn.functional.layer_norm(x, (16,), weight, bias)) < 1e-5
+
+
+def test_orderings_that_do_not_wait_get_owning_imports():
+    """HIP's ordering returns before IREE's work is done, so an import must
+    own its tensor until IREE releases it: ``borrowed`` falls back to ``array``."""
+    class NoWait:
+        wait = False
+
+    binding = ours_module.Binding(binding_for(torch.device("cpu")).kernels, NoWait())
+    tensor = torch.randn(4, 8)
+    first = binding.borrowed(tensor)
+    assert binding.borrowed(tensor) is not first and not binding._borrowed
+
+
 def test_rejects_what_it_cannot_run():
     with pytest.raises(NotImplementedError, match="CPU and CUDA/ROCm tensors"):
         binding_for(torch.device("xpu"))

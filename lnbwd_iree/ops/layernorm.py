@@ -177,8 +177,9 @@ def row_blocks(spec: Specialization, target: Target) -> tuple[int, int, int] | N
     one pass 833 us, two passes 479 us in f32; 310 vs 291 us in bf16).
     Blocks of at least 32 rows, at most ~8 workgroups per SM/CU
     (Target.compute_units) and at most 2^21 / N blocks (16 MiB of fp32
-    partials): more blocks cost more partials to write and sum
-    (docs/performance.md, changes 29-30)."""
+    partials), 2^20 / N for 16-bit data, whose rows carry half the bytes:
+    more blocks cost more partials to write and sum (docs/performance.md,
+    changes 29-30 and 33)."""
     # f64 exists for CPU gradchecks; GPU schedules are written for f32 and
     # 16-bit data. The pass pipeline is LLVMGPU's (CUDA, ROCm), and the
     # grid needs the chip's SM/CU count.
@@ -191,7 +192,8 @@ def row_blocks(spec: Specialization, target: Target) -> tuple[int, int, int] | N
     subgroups = next((s for s in range(wanted, 0, -1) if spec.n % (lanes * s * spec.vector) == 0), None)
     if subgroups is None or lanes * subgroups > 512 or spec.n > lanes * subgroups * 32:
         return None
-    max_blocks = min(1 << int(math.log2(8 * target.compute_units)), 2**21 // spec.n)
+    partial_budget = 2**20 if ITEMSIZE[spec.dtype] == 2 else 2**21
+    max_blocks = min(1 << int(math.log2(8 * target.compute_units)), partial_budget // spec.n)
     rows = max(32, spec.m // max_blocks)
     # Halved while fewer than 2^15 threads would run (small shapes): a
     # block walks its rows one at a time.
@@ -234,6 +236,15 @@ def row_block_configs(spec: Specialization, target: Target, blocks: int, rows: i
         "PARTIALS": f"{blocks}x2x?x{spec.accumulator}",
         "FINAL_SUMS": "column_sums_per_result.mlir",
         "PARTIAL_SUM_CONFIG": partial_sum_config(spec, lanes, blocks),
+        # 16-bit rows of >= 4096 elements (one or two rows in flight per
+        # SM): X and the statistics enter the first row sum so that a row's
+        # loads are issued together (row_block_pass.mlir). Elsewhere it
+        # measured level or slower and costs registers on gfx942.
+        "SUM_G_READS_X": (
+            f"%load_x_first = arith.cmpf uno, %mean_s, %rstd_s : {spec.accumulator}"
+            if ITEMSIZE[spec.dtype] == 2 and spec.n >= 4096
+            else "%load_x_first = arith.constant false"
+        ),
     }
 
 def partial_sum_config(spec: Specialization, lanes: int, blocks: int) -> str:
