@@ -87,7 +87,7 @@ class ArtifactRecord:
 
     def purpose(self) -> str:
         """What the artifact computes and runs on, e.g. "layernorm_backward f32 64x200 on llvm-cpu-host"."""
-        shape = "any MxN" if self.m is None else f"{self.m}x{self.n}"
+        shape = f"{'any M' if self.m is None else self.m}x{'N' if self.n is None else self.n}"
         return f"{self.kernel} {self.dtype} {shape} on {self.target} (iree {self.compiler_version})"
 
 

@@ -228,3 +228,12 @@ def test_a_cache_hit_marks_the_artifact_used(store):
     age(path, 10)
     assert store.find(SPEC, VMVX) == path
     assert time.time() - path.stat().st_mtime < 60
+
+
+@pytest.mark.parametrize("m, n, shape", [(None, None, "any MxN"), (None, 512, "any Mx512"), (64, 200, "64x200")])
+def test_record_purpose_names_what_the_artifact_serves(m, n, shape):
+    """`cache list` reads this: a per-N forward serves any M of that N, not any N."""
+    fields = {name: "" for name in cache.ArtifactRecord.__dataclass_fields__}
+    record = cache.ArtifactRecord(**{**fields, "kernel": "layernorm_forward", "dtype": "f32", "m": m, "n": n,
+                                     "target": "llvm-cpu-host", "compiler_version": "3.13.0", "flags": ()})
+    assert record.purpose() == f"layernorm_forward f32 {shape} on llvm-cpu-host (iree 3.13.0)"
