@@ -118,6 +118,16 @@ def record_path(vmfb: Path) -> Path:
     return vmfb.with_name(vmfb.name + RECORD_SUFFIX)
 
 
+def compiler_mismatch(record: ArtifactRecord) -> str | None:
+    """Why ``record``'s artifact was built by another compiler than the one
+    installed, or None. A runtime-only deployment cannot rebuild, so it
+    trusts the recorded compiler."""
+    installed = compiler.compiler_version()
+    if installed is not None and record.compiler_version != installed:
+        return f"built by iree-base-compiler {record.compiler_version}; installed is {installed}"
+    return None
+
+
 def check_artifact(path: Path, spec: Specialization, target: Target) -> None:
     """Raises RejectedArtifact saying why ``path`` cannot serve ``spec`` on ``target``."""
     if not path.exists():
@@ -129,10 +139,9 @@ def check_artifact(path: Path, spec: Specialization, target: Target) -> None:
         if target.identity() != target.name and record.target_identity.split(":")[0] == target.name:
             raise RejectedArtifact("built for another host CPU (llvm-cpu artifacts are keyed to the CPU model and flags)")
         raise RejectedArtifact(f"built for target {record.target_identity}, not {target.identity()}")
-    installed = compiler.compiler_version()
-    # A runtime-only deployment cannot rebuild, so it trusts the recorded compiler.
-    if installed is not None and record.compiler_version != installed:
-        raise RejectedArtifact(f"built by iree-base-compiler {record.compiler_version}; installed is {installed}")
+    mismatch = compiler_mismatch(record)
+    if mismatch:
+        raise RejectedArtifact(mismatch)
     if record.source_sha256 != spec.source_hash(target):
         raise RejectedArtifact("built from other MLIR source (another lnbwd-iree version)")
     if record.flags != target.flags():
@@ -252,14 +261,11 @@ class StoredArtifact:
     def unusable(self) -> str | None:
         """Why no later load can use it, or None. (Any other mismatch shows only
         against a given specialisation, when it is looked up.)"""
-        installed = compiler.compiler_version()
         if self.record is None:
             return "no readable record"
         if not self.path.exists():
             return "record only, its .vmfb is missing"
-        if installed is not None and self.record.compiler_version != installed:
-            return f"built by iree-base-compiler {self.record.compiler_version}, installed is {installed}"
-        return None
+        return compiler_mismatch(self.record)
 
     def purpose(self) -> str:
         problem = self.unusable()
@@ -320,7 +326,9 @@ def prune(folder: str | os.PathLike, *, max_bytes: int | None = None, older_than
         unused = older_than_s is not None and artifact.last_used < now - older_than_s
         (removed if unused or artifact.unusable() else kept).append(artifact)
     if max_bytes is not None:
-        while kept and sum(a.size for a in kept) > max_bytes:
+        kept_bytes = sum(a.size for a in kept)
+        while kept and kept_bytes > max_bytes:
+            kept_bytes -= kept[0].size
             removed.append(kept.pop(0))  # least recently used first
     for artifact in removed:
         artifact.remove()

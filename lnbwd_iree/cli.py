@@ -106,7 +106,7 @@ def time_backward(kernels, op: RunOp, args, rows, draw_rows, fixed, out) -> None
     `bench` times it: inputs on the device, outputs preallocated, row inputs
     rotated over twice a 64 MiB cache, back-to-back calls per trial."""
     set_bytes = sum(a.nbytes for a in rows)
-    n_sets = min(64, 2 * bench.L2_BYTES_DEFAULT // set_bytes + 1)
+    n_sets = bench.input_sets(set_bytes, bench.L2_BYTES_DEFAULT, max_sets=64)
     sets = [[kernels.to_device(a) for a in (rows if i == 0 else draw_rows())] for i in range(n_sets)]
     fixed = [kernels.to_device(a) for a in fixed]
     # One bench.time_calls trial per sample, so that the spread can be shown.
