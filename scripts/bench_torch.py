@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lnbwd_iree.bench import TorchImpls, parse_shape, time_calls
+from lnbwd_iree.bench import Bench, parse_shape, time_calls
 from lnbwd_iree.torch import LayerNorm, binding_for
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -268,15 +268,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = args.device
     shapes = [parse_shape(s) for s in args.shape or ["8192x4096", "4096x1024"]]
-    impls = TorchImpls(device)
+    # The copy bandwidth, L2 size and device name as `lnbwd-iree bench` measures them.
+    figures = Bench("local-task" if device == "cpu" else device, ("torch_eager",))
 
     def synchronize():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    copy_gbps, l2 = impls.copy_gbps(), impls.l2_bytes()
-    log(f"device {impls.name()}: copy {copy_gbps:.0f} GB/s, L2 {l2 >> 20} MiB, torch {torch.__version__}")
-    report = {"device": impls.name(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+    copy_gbps, l2 = figures.copy_gbps, figures.l2_bytes
+    log(f"device {figures.name}: copy {copy_gbps:.0f} GB/s, L2 {l2 >> 20} MiB, torch {torch.__version__}")
+    report = {"device": figures.name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
               "copy_gbps": copy_gbps, "timing": f"bench.time_calls, median of {args.trials} trials",
               "layer_norm": [], "crossings": [], "block": []}
     for m, n in shapes:
