@@ -578,12 +578,13 @@ def _rms_norm_forward_kernel(x, weight, eps):
         return y, rstd
     binding = binding_for(x.device)
     gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    binding.ordering.before()
-    binding.kernels.rmsnorm_forward(
-        binding.array(x.view(m, n)), gamma, eps=eps,
-        out=(binding.array(y.view(m, n)), binding.array(rstd.view(m))), wait=binding.ordering.wait,
+    binding.call(
+        lambda: binding.kernels.rmsnorm_forward(
+            binding.borrowed(x.view(m, n)), gamma, eps=eps,
+            out=(binding.borrowed(y.view(m, n)), binding.borrowed(rstd.view(m))), wait=binding.ordering.wait,
+        ),
+        (x, y, rstd),
     )
-    binding.ordering.after(binding.kernels)
     return y, rstd
 
 
@@ -611,12 +612,13 @@ def _rms_norm_backward_kernel(dy, x, weight, rstd):
     dx, dweight = torch.empty_like(x), x.new_empty(n)
     binding = binding_for(x.device)
     gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    binding.ordering.before()
-    binding.kernels.rmsnorm_backward(
-        binding.array(dy.view(m, n)), binding.array(x.view(m, n)), gamma, binding.array(rstd.view(m)),
-        out=(binding.array(dx.view(m, n)), binding.array(dweight)), wait=binding.ordering.wait,
+    binding.call(
+        lambda: binding.kernels.rmsnorm_backward(
+            binding.borrowed(dy.view(m, n)), binding.borrowed(x.view(m, n)), gamma, binding.borrowed(rstd.view(m)),
+            out=(binding.borrowed(dx.view(m, n)), binding.borrowed(dweight)), wait=binding.ordering.wait,
+        ),
+        (dy, x, rstd, dx, dweight),
     )
-    binding.ordering.after(binding.kernels)
     return dx, dweight.to(grad_dtype)
 
 
