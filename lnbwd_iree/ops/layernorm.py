@@ -267,7 +267,7 @@ def stats_barrier(spec: Specialization, needed: bool) -> str:
     entry: through an optimization barrier when the row dispatch has a
     hand-set schedule (static shapes only: a barrier on dynamic tensors
     hides their dims from IREE), else as plain aliases."""
-    if needed:
+    if needed and spec.m is not None:
         stats = f"tensor<{spec.m}x{spec.accumulator}>"
         return f"%mean, %rstd = util.optimization_barrier %mean_fused, %rstd_fused : {stats}, {stats}"
     stats = f"tensor<{'?' if spec.m is None else spec.m}x{spec.accumulator}>"
