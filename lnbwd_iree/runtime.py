@@ -143,17 +143,20 @@ def check_eps(eps) -> float:
     return eps
 
 
-class _DLTensor(ctypes.Structure):
-    """DLPack's DLTensor up to byte_offset (the first member of a DLManagedTensor)."""
+class DLTensor(ctypes.Structure):
+    """DLPack's DLTensor (dlpack.h; DLDevice and DLDataType inlined), the
+    first member of a DLManagedTensor."""
 
     _fields_ = [
         ("data", ctypes.c_void_p),
         ("device_type", ctypes.c_int32),
         ("device_id", ctypes.c_int32),
         ("ndim", ctypes.c_int32),
-        ("dtype", ctypes.c_uint32),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
+        ("code", ctypes.c_uint8),
+        ("bits", ctypes.c_uint8),
+        ("lanes", ctypes.c_uint16),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
         ("byte_offset", ctypes.c_uint64),
     ]
 
@@ -184,7 +187,7 @@ def memory_span(device: ireert.HalDevice, array: ireert.DeviceArray) -> tuple:
             try:
                 # Exported only to read the address: the device type code is not used.
                 capsule = device.create_dlpack_capsule(view, 1, 0)
-                tensor = _DLTensor.from_address(_capsule_pointer(capsule, b"dltensor"))
+                tensor = DLTensor.from_address(_capsule_pointer(capsule, b"dltensor"))
                 start = tensor.data + tensor.byte_offset
                 span = (None, start, start + size)
             except (RuntimeError, ValueError):  # UNAVAILABLE, UNIMPLEMENTED, an element type DLPack lacks

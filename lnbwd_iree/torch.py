@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
 from .dtypes import TABLE
-from .runtime import LayerNormKernels
+from .runtime import DLTensor, LayerNormKernels
 
 # float64 runs on CPUs only (for torch.autograd.gradcheck).
 _DTYPES = {getattr(torch, d.torch_name): d for d in TABLE.values()}
@@ -100,19 +100,8 @@ def hip_device_params(stream_handle: int) -> dict:
     return {"hip_external_stream": str(stream_handle)}
 
 
-class _DLTensor(ctypes.Structure):
-    """DLPack's DLTensor (dlpack.h), with DLDevice and DLDataType inlined."""
-
-    _fields_ = [
-        ("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
-        ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16),
-        ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    ]
-
-
 class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+    _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
 
 
 # DLPack type codes (kDLFloat = 2, kDLBfloat = 4) and bits of the supported dtypes.
@@ -123,8 +112,9 @@ class _BorrowCapsule:
     """DLPack capsules that describe memory without owning it. IREE keeps the
     DLManagedTensor a capsule points to until it releases the import, then
     calls its deleter: so every capsule points to this one struct, which lives
-    as long as the process and whose deleter stays NULL; its fields are only
-    read while ``from_dlpack_capsule`` runs, under the lock."""
+    as long as the process and whose deleter stays NULL (the one field IREE
+    reads after the import); the tensor fields are read only while
+    ``from_dlpack_capsule`` runs, under the lock."""
 
     MAX_DIMS = 8
     _name = b"dltensor"
@@ -146,6 +136,9 @@ class _BorrowCapsule:
         and import it before the next call."""
         dl = self._struct.dl_tensor
         dl.data = tensor.data_ptr()
+        # kDLCPU = 1, kDLCUDA = 2 (IREE reads neither, but the capsule should say where the memory is).
+        dl.device_type = 2 if tensor.is_cuda else 1
+        dl.device_id = tensor.device.index or 0
         dl.ndim = tensor.dim()
         dl.code, dl.bits = _DLPACK_TYPES[tensor.dtype]
         for i, size in enumerate(tensor.shape):
