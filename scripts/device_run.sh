@@ -2,9 +2,10 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [fair] [torch] [ddp] [rms] [bench DTYPE...]
-#   fair: the full bench (every peer, backward and forward) on the seven shapes,
-#   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png}.
+# Usage: scripts/device_run.sh [tests] [fair] [torch] [ddp] [rms] [trace] [fair-rms] [bench DTYPE...]
+#   fair: the full LayerNorm bench (every peer, backward and forward) on the seven shapes,
+#   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png};
+#   fair-rms: the same for RMSNorm, into $OUT/bench_rmsnorm_cuda_*.
 set -uo pipefail
 # A fresh site folder and artifact cache per call: a warm machine keeps /tmp
 # between calls, and other checkouts install there too.
@@ -24,13 +25,15 @@ for step in "$@"; do
     tests)
       LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests" \
         -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
-    fair)
+    fair|fair-rms)
       # The Liger wheel in .whl was installed above; its torch and triton are the machine's.
+      norm=layernorm prefix=bench_cuda
+      [ "$step" = fair-rms ] && norm=rmsnorm prefix=bench_rmsnorm_cuda
       for dtype in ${FAIR_DTYPES:-f32 bf16}; do
-        python3 -m lnbwd_iree bench --device cuda --op both --dtype "$dtype" \
+        python3 -m lnbwd_iree bench --device cuda --norm "$norm" --op both --dtype "$dtype" \
           --shape 8192x4096 --shape 32768x1024 --shape 16384x8192 --shape 4096x16384 \
-          --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/bench_cuda_$dtype.json" --force 2>&1 \
-          | tee -a "$OUT/bench_cuda.log"
+          --shape 65536x768 --shape 1024x512 --shape 4096x1024 --json "$OUT/${prefix}_$dtype.json" --force 2>&1 \
+          | grep -vE "^lnbwd-iree: compiled" | tee -a "$OUT/$prefix.log"
       done ;;
     quick-f32|quick-bf16)
       python3 -m lnbwd_iree bench --device cuda --dtype "${step#quick-}" --impl iree_static --impl torch_eager \
@@ -64,6 +67,10 @@ for step in "$@"; do
         IREE_PY_RUNTIME_FLAGS="$flags" python3 -m lnbwd_iree bench --device cuda --dtype f32 --impl iree_static \
           --shape 8192x4096 --shape 1024x512 --shape 4096x1024 --json "/tmp/flags.json" --force | grep iree_static
       done ;;
+    trace)
+      # torch.profiler timeline of the module's training step (host pieces and GPU kernels).
+      python3 "$REPO/scripts/torch_step_trace.py" --shape 4096x1024 --shape 8192x4096 --dtype f32 --dtype bf16 2>&1 \
+        | tee "$OUT/torch_step_trace.log" | grep -E "^==|back-to-back" ;;
     overhead)
       python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
     profile)
