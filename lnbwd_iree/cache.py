@@ -128,8 +128,10 @@ def compiler_mismatch(record: ArtifactRecord) -> str | None:
     return None
 
 
-def check_artifact(path: Path, spec: Specialization, target: Target) -> None:
-    """Raises RejectedArtifact saying why ``path`` cannot serve ``spec`` on ``target``."""
+def check_artifact(path: Path, spec: Specialization, target: Target) -> bytes:
+    """The bytes of ``path`` where it can serve ``spec`` on ``target`` (the
+    bytes whose hash was checked, so that a caller loads exactly those);
+    else raises RejectedArtifact saying why not."""
     if not path.exists():
         others = sorted(p.name for p in path.parent.glob(f"{spec.stem}_*.vmfb")) if path.parent.is_dir() else []
         raise RejectedArtifact("absent" + (f" (the folder has only {', '.join(others)})" if others else ""))
@@ -152,6 +154,7 @@ def check_artifact(path: Path, spec: Specialization, target: Target) -> None:
         raise RejectedArtifact(f"unreadable ({e.strerror or e})") from None
     if hashlib.sha256(data).hexdigest() != record.vmfb_sha256:
         raise RejectedArtifact("corrupt: its bytes do not match the SHA-256 in its record")
+    return data
 
 
 class ArtifactNotFoundError(RuntimeError):
@@ -176,13 +179,14 @@ class ArtifactStore:
                 )
         self.artifact_dirs = tuple(d for d, _ in named)
 
-    def search(self, spec: Specialization, target: Target) -> tuple[Path | None, list[tuple[Path, str]]]:
-        """The first valid artifact, and (folder, reason) for each folder rejected before it."""
+    def _first_valid(self, spec: Specialization, target: Target) -> tuple[Path | None, bytes | None, list]:
+        """The first valid artifact and its checked bytes, and (folder, reason)
+        for each folder rejected before it."""
         name = artifact_name(spec, target)
         rejected = []
         for directory in (*self.artifact_dirs, self.cache_dir):
             try:
-                check_artifact(directory / name, spec, target)
+                data = check_artifact(directory / name, spec, target)
             except RejectedArtifact as e:
                 rejected.append((directory, str(e)))
                 continue
@@ -191,17 +195,30 @@ class ArtifactStore:
                     os.utime(directory / name)
                 except OSError:
                     pass
-            return directory / name, rejected
-        return None, rejected
+            return directory / name, data, rejected
+        return None, None, rejected
+
+    def search(self, spec: Specialization, target: Target) -> tuple[Path | None, list[tuple[Path, str]]]:
+        """The first valid artifact, and (folder, reason) for each folder rejected before it."""
+        found, _, rejected = self._first_valid(spec, target)
+        return found, rejected
 
     def find(self, spec: Specialization, target: Target) -> Path | None:
         return self.search(spec, target)[0]
 
     def get(self, spec: Specialization, target: Target) -> Path:
         """A valid artifact's path, building it into the cache when none exists."""
-        found, rejected = self.search(spec, target)
+        return self._obtain(spec, target)[0]
+
+    def load(self, spec: Specialization, target: Target) -> bytes:
+        """``get``'s artifact as bytes: those whose hash was checked (a file
+        replaced after the check is not loaded unchecked), read once."""
+        return self._obtain(spec, target)[1]
+
+    def _obtain(self, spec: Specialization, target: Target) -> tuple[Path, bytes]:
+        found, data, rejected = self._first_valid(spec, target)
         if found is not None:
-            return found
+            return found, data
         if compiler.compiler_version() is None:
             searched = "\n".join(f"  {directory}: {reason}" for directory, reason in rejected)
             raise ArtifactNotFoundError(
@@ -213,7 +230,8 @@ class ArtifactStore:
                 "or pip install 'lnbwd-iree[compile]'"
             )
         stale = [f"{directory}: {reason}" for directory, reason in rejected if not reason.startswith("absent")]
-        return self.build(spec, target, self.cache_dir, replaces=stale)
+        path = self.build(spec, target, self.cache_dir, replaces=stale)
+        return path, check_artifact(path, spec, target)
 
     @staticmethod
     def build(spec: Specialization, target: Target, out_dir: Path, replaces=()) -> Path:

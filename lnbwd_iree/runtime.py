@@ -387,8 +387,7 @@ class LayerNormKernels:
         self.target.check_dtype(dtype)
         spec = self.specialization(kernel, dtype, shape)
         if (spec, name) not in self._entries:
-            path = self.store.get(spec, self.target)
-            vm_module = ireert.VmModule.copy_buffer(self._instance, path.read_bytes())
+            vm_module = ireert.VmModule.copy_buffer(self._instance, self.store.load(spec, self.target))
             context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
             for fn_name in kernel.functions:
                 function = vm_module.lookup_function(fn_name)
@@ -512,6 +511,13 @@ class LayerNormKernels:
         args += [a if view is None else self._as_matrix(a, view) for a, (_, _, view) in zip(outputs, plan.outputs)]
         self._submit(plan, args, wait)
         return outputs
+
+    def queued(self) -> tuple[ireert.HalSemaphore, int]:
+        """(timeline, value): the semaphore and the value on it that the last
+        queued call signals (a failed submission moves later calls to a new
+        semaphore, so both can change)."""
+        with self._queue_lock:
+            return self._timeline, self._last_signal
 
     def synchronize(self) -> None:
         """Waits for every call queued so far (after calls made with ``wait=False``)."""

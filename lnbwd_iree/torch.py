@@ -84,9 +84,9 @@ class HipStreamOrdering:
 
     def after(self, kernels: LayerNormKernels) -> None:
         timepoint = ireert.HalExternalTimepoint()
-        # The value the call just queued signals (LayerNormKernels' timeline).
-        kernels._timeline.export_timepoint(
-            kernels._last_signal, ireert.ExternalTimepointType.HIP_EVENT, ireert.ExternalTimepointFlags.NONE, timepoint
+        timeline, value = kernels.queued()  # what the call just queued signals
+        timeline.export_timepoint(
+            value, ireert.ExternalTimepointType.HIP_EVENT, ireert.ExternalTimepointFlags.NONE, timepoint
         )
         status = self.hip_runtime.hipStreamWaitEvent(
             ctypes.c_void_p(self.stream_handle), ctypes.c_void_p(timepoint.hip_event), ctypes.c_uint(0)
@@ -149,6 +149,32 @@ class _BorrowCapsule:
 _borrow_capsule = _BorrowCapsule()
 
 
+class _RecentlyUsed:
+    """A thread-safe map that keeps its ``size`` most recently used entries."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Binding:
     """One IREE device (its ``LayerNormKernels``) serving one torch device, how
     calls are ordered with torch's work, and the weights imported so far."""
@@ -162,8 +188,8 @@ class Binding:
     def __init__(self, kernels: LayerNormKernels, ordering):
         self.kernels = kernels
         self.ordering = ordering
-        self._vectors: collections.OrderedDict = collections.OrderedDict()
-        self._borrowed: collections.OrderedDict = collections.OrderedDict()
+        self._vectors = _RecentlyUsed(self.VECTOR_CACHE_SIZE)
+        self._borrowed = _RecentlyUsed(self.BORROWED_CACHE_SIZE)
         self._kept_after_failure: list = []
         self._lock = threading.Lock()
 
@@ -189,18 +215,12 @@ class Binding:
         if not self.ordering.wait:
             return self.array(tensor)
         key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-        with self._lock:
-            array = self._borrowed.get(key)
-            if array is not None:
-                self._borrowed.move_to_end(key)
-                return array
-        with _borrow_capsule.lock:
-            view = self.kernels.device.from_dlpack_capsule(_borrow_capsule.capsule(tensor))
-        array = ireert.DeviceArray(self.kernels.device, view, implicit_host_transfer=True)
-        with self._lock:
-            self._borrowed[key] = array
-            while len(self._borrowed) > self.BORROWED_CACHE_SIZE:
-                self._borrowed.popitem(last=False)
+        array = self._borrowed.get(key)
+        if array is None:
+            with _borrow_capsule.lock:
+                view = self.kernels.device.from_dlpack_capsule(_borrow_capsule.capsule(tensor))
+            array = ireert.DeviceArray(self.kernels.device, view, implicit_host_transfer=True)
+            self._borrowed.put(key, array)
         return array
 
     def call(self, run, tensors: tuple) -> None:
@@ -212,12 +232,13 @@ class Binding:
         the life of the process and torch never gives their memory to
         another tensor. Calls rejected before queuing keep nothing."""
         kernels = self.kernels
-        timeline, value = kernels._timeline, kernels._last_signal
+        timeline, value = kernels.queued()
         self.ordering.before()
         try:
             run()
         except BaseException:
-            if kernels._timeline is not timeline or kernels._last_signal != value:
+            timeline_after, value_after = kernels.queued()
+            if timeline_after is not timeline or value_after != value:
                 with self._lock:
                     self._kept_after_failure.append(tensors)
             raise
@@ -231,28 +252,20 @@ class Binding:
         the same memory. In-place updates (optimizer steps) are seen by
         every call, since the kernel reads the memory when it runs."""
         key = (tensor.data_ptr(), tensor.dtype, tensor.numel())
-        with self._lock:
-            entry = self._vectors.get(key)
-            if entry is not None:
-                self._vectors.move_to_end(key)
-                return entry[1]
-        array = self.array(tensor)
-        with self._lock:
-            self._vectors[key] = (tensor, array)
-            if len(self._vectors) > self.VECTOR_CACHE_SIZE:
-                self._vectors.popitem(last=False)
-        return array
+        entry = self._vectors.get(key)
+        if entry is None:
+            entry = (tensor, self.array(tensor))
+            self._vectors.put(key, entry)
+        return entry[1]
 
     def constant(self, n: int, dtype: torch.dtype, value: float, device: torch.device) -> ireert.DeviceArray:
         """ones or zeros of length ``n`` for a LayerNorm without weight or bias (made once)."""
         key = ("constant", n, dtype, value)
-        with self._lock:
-            entry = self._vectors.get(key)
+        entry = self._vectors.get(key)
         if entry is None:
             tensor = torch.full((n,), value, dtype=dtype, device=device)
             entry = (tensor, self.array(tensor))
-            with self._lock:
-                self._vectors[key] = entry
+            self._vectors.put(key, entry)
         return entry[1]
 
 

@@ -66,12 +66,12 @@ def run(out: Path, result_path: Path | None):
     print(f"copy {copy_gbps and round(copy_gbps)} GB/s, L2 {l2 >> 20} MiB", flush=True)
     rng = np.random.default_rng()
     state = {}  # variant file -> (entries, plans) of its loaded module
-    original_get = kernels.store.get
+    original_load = kernels.store.load
 
     def use(variant):
         path = out / variant["file"]
         kernels._entries, kernels._plans = state.setdefault(variant["file"], ({}, {}))
-        kernels.store.get = lambda spec, target: path
+        kernels.store.load = lambda spec, target: path.read_bytes()
 
     results = []
     groups: dict[tuple, list] = {}
@@ -115,7 +115,7 @@ def run(out: Path, result_path: Path | None):
         state.clear()
         kernels._entries, kernels._plans = {}, {}
         del sets, outs
-    kernels.store.get = original_get
+    kernels.store.load = original_load
     if result_path is not None:
         result_path.write_text(json.dumps({"copy_gbps": copy_gbps, "results": results}, indent=1))
 

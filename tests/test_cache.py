@@ -241,3 +241,19 @@ def test_record_purpose_names_what_the_artifact_serves(m, n, shape):
     record = cache.ArtifactRecord(**{**fields, "kernel": "layernorm_forward", "dtype": "f32", "m": m, "n": n,
                                      "target": "llvm-cpu-host", "compiler_version": "3.13.0", "flags": ()})
     assert record.purpose() == f"layernorm_forward f32 {shape} on llvm-cpu-host (iree 3.13.0)"
+
+
+def test_load_returns_the_bytes_that_were_checked(store, monkeypatch):
+    path = store.get(SPEC, VMVX)
+    good = path.read_bytes()
+    assert store.load(SPEC, VMVX) == good
+    # A file replaced after its check is not read again: load hands over the checked bytes.
+    checked = cache.check_artifact
+
+    def check_then_replace(p, spec, target):
+        data = checked(p, spec, target)
+        p.write_bytes(b"\0" * len(data))
+        return data
+
+    monkeypatch.setattr(cache, "check_artifact", check_then_replace)
+    assert store.load(SPEC, VMVX) == good

@@ -212,7 +212,7 @@ def test_borrowed_imports_do_not_keep_tensors_alive():
 
 def test_borrowed_imports_cache_is_bounded(monkeypatch):
     binding = binding_for(torch.device("cpu"))
-    monkeypatch.setattr(binding, "BORROWED_CACHE_SIZE", 3)
+    monkeypatch.setattr(binding._borrowed, "size", 3)
     tensors = [torch.randn(4, 8) for _ in range(6)]
     arrays = [binding.borrowed(t) for t in tensors]
     assert len(binding._borrowed) == 3
@@ -474,8 +474,11 @@ class FakeSemaphore:
 
 class FakeKernels:
     def __init__(self, last_signal):
-        self._timeline = FakeSemaphore()
-        self._last_signal = last_signal
+        self.timeline = FakeSemaphore()
+        self.last_signal = last_signal
+
+    def queued(self):
+        return self.timeline, self.last_signal
 
 
 class FakeHip:
@@ -499,7 +502,7 @@ def test_hip_ordering_makes_torch_stream_wait_for_the_call_on_the_device():
     kernels = FakeKernels(last_signal=5)
     ordering.before()
     ordering.after(kernels)
-    (value, requested_type, timepoint), = kernels._timeline.exports
+    (value, requested_type, timepoint), = kernels.timeline.exports
     assert value == 5 and requested_type == ireert.ExternalTimepointType.HIP_EVENT
     assert hip.waits == [(0x7F00, timepoint.hip_event or None, 0)]
     with pytest.raises(RuntimeError, match="hipStreamWaitEvent .* hipError_t 1"):
