@@ -85,6 +85,8 @@ class HipStreamOrdering:
     def after(self, kernels: LayerNormKernels) -> None:
         timepoint = ireert.HalExternalTimepoint()
         timeline, value = kernels.queued()  # what the call just queued signals
+        # The event stays IREE's: its hip semaphore takes it from its event
+        # pool and keeps it in the value's queue item, so it is not destroyed here.
         timeline.export_timepoint(
             value, ireert.ExternalTimepointType.HIP_EVENT, ireert.ExternalTimepointFlags.NONE, timepoint
         )
