@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lnbwd_iree import bench
+from lnbwd_iree.bench import peers, runner, timing
 from lnbwd_iree.cli import main
 
 RECORD_KEYS = {"impl", "op", "m", "n", "dtype", "median_us", "gbps", "pct_of_copy", "build", "correct",
@@ -61,13 +62,18 @@ def test_torch_compile_reports_the_faster_build(tmp_path):
 
 
 def test_wrong_implementation_is_reported_not_timed(tmp_path, monkeypatch, capsys):
-    original = bench.numpy_backward
+    original = peers.numpy_math
 
-    def off_by_a_percent(*args):
-        dx, dgamma, dbeta = original(*args)
-        return dx * np.float32(1.01), dgamma, dbeta
+    def off_by_a_percent(case):
+        math = original(case)
 
-    monkeypatch.setattr(bench, "numpy_backward", off_by_a_percent)
+        def call(*inputs):
+            dx, *rest = math(*inputs)
+            return dx * np.float32(1.01), *rest
+
+        return call
+
+    monkeypatch.setattr(peers, "numpy_math", off_by_a_percent)
     assert main(bench_args(tmp_path, "--impl", "numpy", "--impl", "iree_static")) == 1
     rows = {r["impl"]: r for r in json.loads((tmp_path / "out.json").read_text())["results"]}
     wrong = rows["numpy"]
@@ -87,7 +93,7 @@ def test_an_implementation_that_writes_nothing_is_caught(tmp_path, monkeypatch):
     def no_op(self, *args, out=None, wait=True, **kwargs):
         return out
 
-    monkeypatch.setattr(runtime.LayerNormKernels, "forward", no_op)
+    monkeypatch.setattr(runtime.LayerNormKernels, "call", no_op)
     assert main(bench_args(tmp_path, "--op", "forward", "--impl", "iree_static")) == 1
     (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
     assert not row["correct"] and row["median_us"] is None and np.isnan(row["max_rel_error"])
@@ -130,7 +136,7 @@ def test_default_output_is_a_new_file_in_the_current_folder(tmp_path, monkeypatc
 
 def test_no_iree_impl_and_no_torch_still_writes_a_table(tmp_path, monkeypatch):
     """Peers alone (no IREE row to divide by) and no copy bandwidth: no ZeroDivisionError."""
-    monkeypatch.setattr(bench.Bench, "_device_figures", lambda self, l2: (None, l2, "test host"))
+    monkeypatch.setattr(runner, "device_figures", lambda driver, torch, l2: timing.DeviceFigures("test host", None, l2))
     assert main(bench_args(tmp_path, "--impl", "numpy")) == 0
     (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
     assert row["pct_of_copy"] is None and row["median_us"] > 0
@@ -156,10 +162,9 @@ def test_png_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch, ca
 def test_torch_without_the_gpu_skips_the_peers_with_a_note(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    b = bench.Bench.__new__(bench.Bench)
-    b.device, b.notes = "cuda", []
-    assert b._torch_peers(["torch_eager", "liger"]) is None
-    assert "torch_eager, liger: this torch" in b.notes[0] and "sees no GPU" in b.notes[0]
+    notes = []
+    assert runner.torch_peers("cuda", ["torch_eager", "liger"], notes) is None
+    assert "torch_eager, liger: this torch" in notes[0] and "sees no GPU" in notes[0]
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
