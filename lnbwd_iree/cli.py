@@ -132,8 +132,8 @@ def cmd_compile(args) -> int:
     print(f"built {built}, {up_to_date} already up to date; {manifest} lists {listed} artifacts")
     unusable = [f"{a.path.name} ({a.unusable()})" for a in cache.stored_artifacts(out) if a.unusable()]
     if unusable:
-        print(f"not listed, unusable: {'; '.join(unusable)} (`lnbwd-iree cache prune --dir {out} --older-than ...`"
-              " removes unusable artifacts)")
+        print(f"not listed, unusable: {'; '.join(unusable)} (`lnbwd-iree cache prune --dir {out}` with any limit"
+              " removes them)")
     return 0
 
 

@@ -19,6 +19,7 @@ Modules: ``cases`` (what is timed: the registry's kernels, bytes moved),
 ``inputs`` (random inputs, drawn once), ``timing``, ``peers`` (the
 implementations), ``runner`` (the orchestration: `run`), ``report`` (JSON, markdown, PNG)."""
 
+from . import inputs, report
 from .cases import EPS, NORM_OPS, TIMED_OPS, Case, TimedOp, bytes_moved
 from .inputs import make_inputs, parse_shape
 from .peers import IMPLS, IREE_IMPLS, default_impls

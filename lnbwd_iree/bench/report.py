@@ -79,20 +79,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, name: str, log=print) -> bytes | None:
-    """The PNG ``name`` of effective GB/s per op, dtype and shape, or None (``log`` says why)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log(f"matplotlib is not installed: no {name} (pip install 'lnbwd-iree[bench]')")
-        return None
+def figure(report: dict, plt):
+    """A matplotlib figure of effective GB/s per dtype and shape, a panel per
+    op, or None without timed results."""
     rows = [r for r in report["results"] if r["gbps"] is not None]
     ops = [op for op in TIMED_OPS.values() if any(r["op"] == op.name for r in rows)]
     if not ops:
-        log(f"no timed results: no {name}")
         return None
     keys = list(dict.fromkeys((r["dtype"], r["m"], r["n"]) for r in rows))
     fig, axes = plt.subplots(len(ops), 1, figsize=(max(8, len(keys) * 1.2), 4.5 * len(ops)), squeeze=False)
@@ -111,6 +103,23 @@ def plot(report: dict, name: str, log=print) -> bytes | None:
         ax.set_title(f"{op.norm} {op.direction}, {report['device']}")
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot(report: dict, name: str, log=print) -> bytes | None:
+    """The PNG ``name`` of ``figure``, or None (``log`` says why)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log(f"matplotlib is not installed: no {name} (pip install 'lnbwd-iree[bench]')")
+        return None
+    fig = figure(report, plt)
+    if fig is None:
+        log(f"no timed results: no {name}")
+        return None
     png = io.BytesIO()
     fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
