@@ -318,3 +318,13 @@ def test_bench_device_is_one_of_the_drivers(tmp_path, capsys):
         main(["bench", "--help"])
     out = capsys.readouterr().out
     assert "(default: local-task)" in out and "(default: backward)" in out and "(default: False)" not in out
+
+
+def test_torch_peers_are_checked_in_float64_on_f64_data(tmp_path):
+    """Their outputs reach the float64 check unrounded (f64 data exists on CPUs for gradchecks)."""
+    pytest.importorskip("torch")
+    assert main(bench_args(tmp_path, "--norm", "rmsnorm", "--op", "both", "--dtype", "f64", "--impl", "torch_eager")) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert {(r["op"], r["dtype"]) for r in rows} == {(op, d) for op in ("rmsnorm_backward", "rmsnorm_forward")
+                                                     for d in ("f32", "f64")}
+    assert all(r["max_rel_error"] <= (1e-12 if r["dtype"] == "f64" else 1e-5) for r in rows)

@@ -109,7 +109,7 @@ def aten_layernorm_backward(peers: TorchPeers, case: Case):
         return tuple(torch.ops.aten.native_layer_norm_backward(dy, x, [n], mean, rstd, gamma, beta, [True, True, True]))
 
     # The arguments after the rows made once, so that no call adds a conversion or fill.
-    return "aten.native_layer_norm_backward", backward, (gamma, mean[:, None], rstd[:, None], beta)
+    return "torch.ops.aten.native_layer_norm_backward", backward, (gamma, mean[:, None], rstd[:, None], beta)
 
 
 def aten_layernorm_forward(peers: TorchPeers, case: Case):
@@ -134,7 +134,7 @@ def aten_rmsnorm_backward(peers: TorchPeers, case: Case):
     def backward(dy, x, gamma, rstd):
         return tuple(torch.ops.aten._fused_rms_norm_backward(dy, x, [n], rstd, gamma, [True, True]))
 
-    return "aten._fused_rms_norm_backward", backward, (gamma, rstd[:, None])
+    return "torch.ops.aten._fused_rms_norm_backward", backward, (gamma, rstd[:, None])
 
 
 def aten_rmsnorm_forward(peers: TorchPeers, case: Case):
@@ -144,7 +144,7 @@ def aten_rmsnorm_forward(peers: TorchPeers, case: Case):
         y, rstd = torch.ops.aten._fused_rms_norm(x, [n], gamma, eps)
         return y, rstd.view(-1)
 
-    return "aten._fused_rms_norm", forward, None
+    return "torch.ops.aten._fused_rms_norm", forward, None
 
 
 # Kernel name -> torch's own function for it: (peers, case) -> (what,
@@ -198,15 +198,19 @@ class TorchPeers:
         sets, case_rest = self.tensors(case)
         rest = case_rest if rest is None else rest
         torch = self.torch
-        dtype = sets[0][0].dtype
+        dtypes = {sets[0][0].dtype, self.arithmetic(case)}
 
         def check():
-            poison = [torch.full(s, float("nan"), dtype=d, device=self.device)
-                      for d in (dtype, torch.float32) for s in case.output_shapes]
+            poison = [torch.full(s, float("nan"), dtype=d, device=self.device) for d in dtypes for s in case.output_shapes]
             del poison
-            return [o.float().cpu().numpy() for o in fn(*sets[0], *rest)]
+            # float64 holds every storage dtype exactly (NumPy reads no bfloat16).
+            return [o.double().cpu().numpy() for o in fn(*sets[0], *rest)]
 
         return Candidate(build, lambda i: fn(*sets[i], *rest), check, self.synchronize)
+
+    def arithmetic(self, case: Case):
+        """The torch dtype of the case's arithmetic and statistics."""
+        return getattr(self.torch, TABLE[TABLE[case.dtype].accumulator].torch_name)
 
     def aten(self, case: Case):
         """(what, fn, rest) of torch's own function for the case's kernel (``ATEN``), or None."""
@@ -215,9 +219,9 @@ class TorchPeers:
 
     def math(self, case: Case):
         """(what, fn, None): the reference formula in torch, in float32 (float64 for f64 data)."""
-        arithmetic = TABLE[TABLE[case.dtype].accumulator].torch_name
-        to, cast = (getattr(self.torch, name) for name in (arithmetic, TABLE[case.dtype].torch_name))
-        return f"explicit {arithmetic} math", formula(case.op, case.scalars, lambda t: t.to(to), lambda t: t.to(cast)), None
+        to, cast = self.arithmetic(case), getattr(self.torch, TABLE[case.dtype].torch_name)
+        what = f"explicit {TABLE[TABLE[case.dtype].accumulator].torch_name} math"
+        return what, formula(case.op, case.scalars, lambda t: t.to(to), lambda t: t.to(cast)), None
 
     def eager(self, case: Case) -> list[Candidate]:
         aten = self.aten(case)
