@@ -64,8 +64,8 @@ def cmd_run(args) -> int:
     grads = kernels.call(backward.kernel, backward.entry.name, args_in, out=out, **backward.scalars)
     status = 0
     if args.verify:
-        on_host = [a.to_host() if name in stats else a for name, a in zip((a.name for a in backward.entry.inputs), args_in)]
-        want = backward.reference(*on_host, **backward.scalars)
+        host_stats = {name: a.to_host() for name, a in stats.items()}
+        want = backward.reference(*inputs.arguments(backward, {**drawn, **host_stats}), **backward.scalars)
         for arg, got, ref in zip(outputs, grads, want):
             error = relative_error(np.asarray(got.to_host()), ref)
             ok = error < TOLERANCE[args.dtype]
