@@ -76,10 +76,11 @@ class TimedOp:
         dtypes = role_dtypes(dtype)
         return tuple(dtypes[a.role] for a in self.entry.outputs)
 
-    def storage_outputs(self, outputs, cast) -> tuple:
-        """A formula's outputs as an implementation returns them: ROWS and COLUMNS
-        through ``cast`` (to the storage dtype), statistics left in the arithmetic type."""
-        return tuple(o if a.role is Role.ROW_STATS else cast(o) for o, a in zip(outputs, self.entry.outputs))
+    @property
+    def cast_outputs(self) -> tuple[bool, ...]:
+        """Which outputs an implementation returns in the storage dtype (ROWS and
+        COLUMNS), not the arithmetic type its formula computes in (statistics)."""
+        return tuple(a.role is not Role.ROW_STATS for a in self.entry.outputs)
 
 
 TIMED_OPS = {op.name: op for op in (TimedOp(norm, kernel) for norm, module in OPS.items() for kernel in module.KERNELS)}

@@ -54,8 +54,15 @@ def torch_device(driver: str) -> str | None:
 
 def formula(op: TimedOp, scalars: dict, to, cast) -> Callable:
     """``op``'s reference formula as an implementation: inputs through ``to``
-    (its arithmetic type), ROWS and COLUMNS outputs through ``cast`` (the storage dtype)."""
-    return lambda *inputs: op.storage_outputs(op.reference(*inputs, **scalars, to=to), cast)
+    (its arithmetic type), ROWS and COLUMNS outputs through ``cast`` (the
+    storage dtype). What the roles decide is worked out here, so that the
+    function torch.compile traces holds tensor work alone."""
+    reference, cast_output = op.reference, op.cast_outputs
+
+    def call(*inputs):
+        return tuple(cast(o) if cast_it else o for o, cast_it in zip(reference(*inputs, **scalars, to=to), cast_output))
+
+    return call
 
 
 class IreeImpl:
