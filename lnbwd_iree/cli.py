@@ -70,7 +70,8 @@ def cmd_run(args) -> int:
             error = relative_error(np.asarray(got.to_host()), ref)
             ok = error < TOLERANCE[args.dtype]
             status |= not ok
-            print(f"  {arg.name:7s} relative error {error:.2e} (bound {TOLERANCE[args.dtype]:.1e}) {'PASS' if ok else 'FAIL'}")
+            print(f"  {arg.name:7s} relative error {error:.2e} (bound {TOLERANCE[args.dtype]:.1e})"
+                  f" {'PASS' if ok else 'FAIL'}")
         print("PASS" if status == 0 else "FAIL")
     if args.time and args.m == 0:
         print("  time: nothing to time for M=0")

@@ -323,8 +323,21 @@ def test_bench_device_is_one_of_the_drivers(tmp_path, capsys):
 def test_torch_peers_are_checked_in_float64_on_f64_data(tmp_path):
     """Their outputs reach the float64 check unrounded (f64 data exists on CPUs for gradchecks)."""
     pytest.importorskip("torch")
-    assert main(bench_args(tmp_path, "--norm", "rmsnorm", "--op", "both", "--dtype", "f64", "--impl", "torch_eager")) == 0
+    args = bench_args(tmp_path, "--norm", "rmsnorm", "--op", "both", "--dtype", "f64", "--impl", "torch_eager")
+    assert main(args) == 0
     rows = json.loads((tmp_path / "out.json").read_text())["results"]
     assert {(r["op"], r["dtype"]) for r in rows} == {(op, d) for op in ("rmsnorm_backward", "rmsnorm_forward")
                                                      for d in ("f32", "f64")}
     assert all(r["max_rel_error"] <= (1e-12 if r["dtype"] == "f64" else 1e-5) for r in rows)
+
+
+def test_a_kernel_bench_cannot_time_is_refused_with_the_reason():
+    from lnbwd_iree.specialization import Arg, Entry, Kernel, Role
+
+    x, gamma, y = Arg("x", Role.ROWS), Arg("gamma", Role.COLUMNS), Arg("y", Role.ROWS)
+    unknown = Kernel("unknown_forward", (Entry("unknown_forward", (x, gamma), (y,)),), lambda spec, target: {})
+    with pytest.raises(ValueError, match="unknown_forward has no float64 reference"):
+        bench.TimedOp("unknown", unknown)
+    rows_last = Kernel("layernorm_forward", (Entry("layernorm_forward", (gamma, x), (y,)),), lambda spec, target: {})
+    with pytest.raises(ValueError, match="ROWS inputs, which must come first"):
+        bench.TimedOp("layernorm", rows_last)

@@ -208,7 +208,8 @@ class TorchPeers:
         dtypes = {sets[0][0].dtype, self.arithmetic(case)}
 
         def check():
-            poison = [torch.full(s, float("nan"), dtype=d, device=self.device) for d in dtypes for s in case.output_shapes]
+            poison = [torch.full(s, float("nan"), dtype=d, device=self.device)
+                      for d in dtypes for s in case.output_shapes]
             del poison
             # float64 holds every storage dtype exactly (NumPy reads no bfloat16).
             return [o.double().cpu().numpy() for o in fn(*sets[0], *rest)]
@@ -248,7 +249,8 @@ class TorchPeers:
         candidates = []
         for what, fn, rest in filter(None, (variants[kind] for kind in kinds)):
             compiled = self.torch.compile(fn, dynamic=False)
-            candidate = self.candidate(case, f"torch.compile per shape and dtype, dynamic=False, {what}", compiled, rest)
+            build = f"torch.compile per shape and dtype, dynamic=False, {what}"
+            candidate = self.candidate(case, build, compiled, rest)
             start = time.perf_counter()
             candidate.call(0)  # compiles here, outside any timing
             self.synchronize()

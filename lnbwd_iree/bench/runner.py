@@ -79,7 +79,8 @@ def check(prepare, case: Case, row: dict) -> list[tuple[Candidate, float]]:
     try:
         for candidate in prepare(case):
             outputs = candidate.check()
-            error = max(relative_error(np.asarray(o, np.float64).reshape(w.shape), w) for o, w in zip(outputs, case.want))
+            error = max(relative_error(np.asarray(o, np.float64).reshape(w.shape), w)
+                        for o, w in zip(outputs, case.want))
             row.update(build=candidate.build, max_rel_error=error)
             if not error <= TOLERANCE[case.dtype]:  # NaN (an unwritten output) fails too
                 return []
@@ -101,7 +102,8 @@ def add_timing(row: dict, timed: list, moved: int, copy_gbps: float | None) -> N
     if candidate.setup_s is not None:
         row["compile_s"] = candidate.setup_s
     if len(results) > 1:
-        row["alternatives"] = [{"build": c.build, "median_us": t * 1e6, "compile_s": c.setup_s} for t, _, c, _ in results]
+        row["alternatives"] = [{"build": c.build, "median_us": t * 1e6, "compile_s": c.setup_s}
+                               for t, _, c, _ in results]
 
 
 class Bench:
@@ -117,7 +119,8 @@ class Bench:
         found: dict[str, Callable[[Case], list[Candidate]]] = {}
         for impl in IREE_IMPLS:
             if impl in impls:
-                found[impl] = IreeImpl(device, static=impl == "iree_static", chip=chip, artifact_dir=artifact_dir).prepare
+                iree = IreeImpl(device, static=impl == "iree_static", chip=chip, artifact_dir=artifact_dir)
+                found[impl] = iree.prepare
         self.torch = torch_peers(device, [i for i in impls if i in TORCH_IMPLS], self.notes)
         if self.torch is not None:
             found.update({i: p for i, p in (("torch_eager", self.torch.eager), ("torch_compile", self.torch.compiled))
@@ -174,7 +177,8 @@ def log_row(log, row: dict) -> None:
     if row.get("error"):
         log(f"{head} FAILED: {row['error']}")
     elif not row["correct"]:
-        log(f"{head} WRONG: relative error {row['max_rel_error']:.1e} > {row['tolerance']:.1e} ({row['build']}); not timed")
+        log(f"{head} WRONG: relative error {row['max_rel_error']:.1e} > {row['tolerance']:.1e} ({row['build']});"
+            " not timed")
     else:
         pct = f" {row['pct_of_copy']:5.1f}% of copy" if row["pct_of_copy"] is not None else ""
         log(f"{head} {row['median_us']:10.1f} us {row['gbps']:8.1f} GB/s{pct}  err {row['max_rel_error']:.1e}"
