@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import json
 import re
 import statistics
 import sys
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import bench, cache, compiler, targets
+from .bench import inputs
 from .kernels import DTYPES, OPS, Specialization
-from .reference import TOLERANCE, backward_reference, relative_error, rmsnorm_backward_reference
-from .runtime import STORAGE_DTYPES, LayerNormKernels
+from .reference import TOLERANCE, relative_error
+from .runtime import LayerNormKernels
+from .specialization import Role
 
 TIMING_TRIALS = 15
 COLUMNS = """output columns:
@@ -37,90 +39,69 @@ def versions() -> str:
     )
 
 
-@dataclass(frozen=True)
-class RunOp:
-    """What `run --op` runs: the forward for its saved statistics, then the
-    backward from them, checked against its float64 reference."""
-
-    title: str
-    statistics: Callable  # (kernels, x, gamma, beta) -> the forward's statistics
-    backward: Callable  # (kernels, dy, x, gamma, *statistics, **options) -> gradients
-    reference: Callable  # (dy, x, gamma, *statistics) -> float64 gradients
-    gradients: tuple[str, ...]
-    bench_op: str  # the backward's name in bench.OPS
-
-
-RUN_OPS = {
-    "layernorm": RunOp("layernorm2d_bwd", lambda k, x, gamma, beta: k.forward(x, gamma, beta)[1:],
-                       lambda k, *a, **kw: k.backward(*a, **kw), backward_reference, ("dx", "dgamma", "dbeta"),
-                       "backward"),
-    "rmsnorm": RunOp("rmsnorm2d_bwd", lambda k, x, gamma, beta: k.rmsnorm_forward(x, gamma, eps=bench.EPS)[1:],
-                     lambda k, *a, **kw: k.rmsnorm_backward(*a, **kw), rmsnorm_backward_reference, ("dx", "dgamma"),
-                     "rmsnorm_backward"),
-}
-
-
 def cmd_run(args) -> int:
-    """CK example 53's driver: verify init time."""
-    op = RUN_OPS[args.op]
+    """CK example 53's driver: verify init time. Runs the op's forward for its
+    statistics, then its backward from them, checked against its float64 reference."""
+    forward, backward = (bench.TIMED_OPS[bench.NORM_OPS[args.op][direction]] for direction in ("forward", "backward"))
     kernels = LayerNormKernels(args.device, chip=args.chip, backend=args.backend, artifact_dir=args.artifact_dir)
     rng = np.random.default_rng(args.seed)
-    storage = STORAGE_DTYPES[args.dtype]
-    if args.init == 1:  # CK's integer init
-        draw = lambda shape: rng.integers(-5, 6, shape).astype(np.float32)  # noqa: E731
-    else:
-        draw = lambda shape: rng.standard_normal(shape, np.float32)  # noqa: E731
-    draw_rows = lambda: (draw((args.m, args.n)).astype(storage), (draw((args.m, args.n)) * 2 + 0.5).astype(storage))  # noqa: E731
-    dy, x = draw_rows()
-    gamma = (1 + 0.5 * draw(args.n)).astype(storage)
-    beta = draw(args.n).astype(storage)
-    print(f"{op.title} M={args.m} N={args.n} dtype={args.dtype} device={args.device} target={kernels.target.name}")
+    # init 1: CK's integer inputs.
+    drawn = inputs.draw(rng, args.m, args.n, args.dtype, integers=args.init == 1)
+    outputs = backward.entry.outputs
+    print(f"{args.op}2d_bwd M={args.m} N={args.n} dtype={args.dtype} device={args.device} target={kernels.target.name}")
     if args.m == 0:
         # torch's convention, which the kernels follow.
-        print(f"  M=0: an empty batch; dX is empty and {', '.join(op.gradients[1:])} are zero")
-    stats = op.statistics(kernels, x, gamma, beta)
+        empty, zero = ([a.name for a in outputs if a.role is role] for role in (Role.ROWS, Role.COLUMNS))
+        print(f"  M=0: an empty batch; {', '.join(empty)} empty and {', '.join(zero)} zero")
+    results = kernels.call(forward.kernel, forward.entry.name, inputs.arguments(forward, drawn), **forward.scalars)
+    stats = {a.name: r for a, r in zip(forward.entry.outputs, results) if a.name in backward.statistics}
+    args_in = inputs.arguments(backward, {**drawn, **stats})
     out = None
     if args.m:
         # Results land in NaN-filled buffers, so an output the kernel leaves unwritten fails the check.
-        shapes = [(args.m, args.n)] + [args.n] * (len(op.gradients) - 1)
-        out = tuple(kernels.to_device(np.full(shape, np.nan, storage)) for shape in shapes)
-    grads = op.backward(kernels, dy, x, gamma, *stats, out=out)
+        out = tuple(kernels.to_device(np.full(shape, np.nan, dtype))
+                    for shape, dtype in zip(backward.output_shapes(args.m, args.n), backward.output_dtypes(args.dtype)))
+    grads = kernels.call(backward.kernel, backward.entry.name, args_in, out=out, **backward.scalars)
     status = 0
     if args.verify:
-        want = op.reference(dy, x, gamma, *(s.to_host() for s in stats))
-        for name, got, ref in zip(op.gradients, grads, want):
+        host_stats = {name: a.to_host() for name, a in stats.items()}
+        want = backward.reference(*inputs.arguments(backward, {**drawn, **host_stats}), **backward.scalars)
+        for arg, got, ref in zip(outputs, grads, want):
             error = relative_error(np.asarray(got.to_host()), ref)
             ok = error < TOLERANCE[args.dtype]
             status |= not ok
-            print(f"  {name:7s} relative error {error:.2e} (bound {TOLERANCE[args.dtype]:.1e}) {'PASS' if ok else 'FAIL'}")
+            print(f"  {arg.name:7s} relative error {error:.2e} (bound {TOLERANCE[args.dtype]:.1e})"
+                  f" {'PASS' if ok else 'FAIL'}")
         print("PASS" if status == 0 else "FAIL")
     if args.time and args.m == 0:
         print("  time: nothing to time for M=0")
     elif args.time:
-        time_backward(kernels, op, args, (dy, x), draw_rows, (gamma, *stats), out)
+        rotated = [a.name for a in backward.entry.inputs[:backward.rotated]]
+        draw_rows = lambda: tuple(inputs.draw(rng, args.m, args.n, args.dtype, integers=args.init == 1,  # noqa: E731
+                                              names=rotated).values())
+        time_backward(kernels, backward, args, args_in[:backward.rotated], draw_rows, args_in[backward.rotated:], out)
     return status
 
 
-def time_backward(kernels, op: RunOp, args, rows, draw_rows, fixed, out) -> None:
+def time_backward(kernels, op: bench.TimedOp, args, rows, draw_rows, fixed, out) -> None:
     """Prints the backward's median time per call and its spread, timed as
     `bench` times it: inputs on the device, outputs preallocated, row inputs
     rotated over twice a 64 MiB cache, back-to-back calls per trial."""
-    set_bytes = sum(a.nbytes for a in rows)
-    n_sets = bench.input_sets(set_bytes, bench.L2_BYTES_DEFAULT, max_sets=64)
-    sets = [[kernels.to_device(a) for a in (rows if i == 0 else draw_rows())] for i in range(n_sets)]
-    fixed = [kernels.to_device(a) for a in fixed]
+    n_sets = bench.input_sets(sum(a.nbytes for a in rows), bench.L2_BYTES_DEFAULT, max_sets=64)
+    sets = [tuple(kernels.to_device(a) for a in (rows if i == 0 else draw_rows())) for i in range(n_sets)]
+    fixed = tuple(kernels.to_device(a) for a in fixed)
+    call = functools.partial(kernels.call, op.kernel, op.entry.name, **op.scalars)
     # One bench.time_calls trial per sample, so that the spread can be shown.
     samples = sorted(
-        bench.time_calls(lambda i: op.backward(kernels, *sets[i], *fixed, out=out, wait=False), kernels.synchronize,
-                         n_sets, trials=1)
+        bench.time_calls(lambda i: call(sets[i] + fixed, out=out, wait=False), kernels.synchronize, n_sets, trials=1)
         for _ in range(TIMING_TRIALS)
     )
     median = statistics.median(samples)
-    moved = bench.bytes_moved(args.m, args.n, args.dtype, op.bench_op)
+    moved = bench.bytes_moved(args.m, args.n, args.dtype, op.name)
     print(
-        f"  backward ({', '.join(op.gradients)} from the saved statistics): median {median * 1e6:.1f} us per call over "
-        f"{TIMING_TRIALS} trials (min {samples[0] * 1e6:.1f}, max {samples[-1] * 1e6:.1f} us); "
-        f"{moved / median / 1e9:.1f} GB/s effective ({moved} bytes)"
+        f"  backward ({', '.join(a.name for a in op.entry.outputs)} from the saved statistics): median"
+        f" {median * 1e6:.1f} us per call over {TIMING_TRIALS} trials (min {samples[0] * 1e6:.1f}, max"
+        f" {samples[-1] * 1e6:.1f} us); {moved / median / 1e9:.1f} GB/s effective ({moved} bytes)"
     )
     print(f"  timed: back-to-back calls into preallocated outputs, {n_sets} input set(s) rotated, inputs on the device")
 
@@ -148,8 +129,12 @@ def cmd_compile(args) -> int:
                         cache.ArtifactStore.build(spec, target, out)
                         built += 1
     manifest = cache.write_manifest(out)
-    listed = len(cache.stored_artifacts(out))
+    listed = len(json.loads(manifest.read_text())["artifacts"])
     print(f"built {built}, {up_to_date} already up to date; {manifest} lists {listed} artifacts")
+    unusable = [f"{a.path.name} ({a.unusable()})" for a in cache.stored_artifacts(out) if a.unusable()]
+    if unusable:
+        print(f"not listed, unusable: {'; '.join(unusable)} (`lnbwd-iree cache prune --dir {out}` with any limit"
+              " removes them)")
     return 0
 
 
@@ -162,8 +147,6 @@ def cmd_bench(args) -> int:
     existing = [str(p) for p in bench.report_paths(stem) if p.exists()]
     if existing and not args.force:
         raise ValueError(f"{', '.join(existing)} already exist(s); pass --force to replace, or another --json")
-    if args.l2_bytes is not None and args.l2_bytes <= 0:
-        raise ValueError(f"--l2-bytes must be positive, got {args.l2_bytes}")
     ops = tuple(bench.NORM_OPS[args.norm][op] for op in (("backward", "forward") if args.op == "both" else (args.op,)))
     report = bench.run(args.device, shapes, args.dtype, ops=ops, chip=args.chip, artifact_dir=args.artifact_dir,
                        impls=args.impl, seed=args.seed, threads=args.threads, l2_bytes=args.l2_bytes)
@@ -267,7 +250,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Shows each option's default (where it has one), and the description and epilog as written."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        # A flag (store_true) has no default worth showing.
+        return action.help if action.default is None or action.nargs == 0 else super()._get_help_string(action)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -285,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
                      help="1: integer inputs in [-5, 5]; 0 or 2: normal decimals")
     run.add_argument("time", nargs="?", type=int, default=0, choices=(0, 1), metavar="time",
                      help="1: also time the backward (median and spread over trials)")
-    run.add_argument("--op", choices=tuple(RUN_OPS), default="layernorm", help="the normalisation to run")
+    run.add_argument("--op", choices=tuple(bench.NORM_OPS), default="layernorm", help="the normalisation to run")
     run.add_argument("--m", type=non_negative_int, default=1024, help="rows (0: an empty batch)")
     run.add_argument("--n", type=positive_int, default=512, help="row length, the normalised dim")
     run.add_argument("--dtype", choices=DTYPES, default="f32", help="storage dtype (f64 on CPUs only)")
@@ -308,35 +292,38 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--shape", action="append", help="also build static artifacts for MxN, e.g. 8192x4096 (repeatable)")
     comp.set_defaults(fn=cmd_compile)
 
-    b = sub.add_parser(
+    b = add(
         "bench",
         help="time backward/forward against torch eager, torch.compile, Liger (and NumPy on CPUs)",
-        description="Checks each implementation against float64, then times it on device-resident inputs"
-        " rotated over more than twice the L2 cache, with the copy bandwidth measured in the same run."
-        " Writes JSON, a markdown table and (with matplotlib, the 'bench' extra) a PNG.",
-        epilog=f"implementations: {', '.join(bench.IMPLS)}. iree_static: the artifact specialised to each shape;"
-        " iree: the dynamic-shape one; liger (GPUs) needs the 'peers' extra; numpy runs on local devices."
-        " Default: all that run beside the device. Exit status 1 when a result fails its float64 check.",
+        description="Checks each implementation against float64, then times it on device-resident inputs\n"
+                    "rotated over more than twice the L2 cache, with the copy bandwidth measured in the same\n"
+                    "run. Writes JSON, a markdown table and (with matplotlib, the 'bench' extra) a PNG.",
+        epilog=f"implementations: {', '.join(bench.IMPLS)}.\n"
+               "  iree_static: the artifact specialised to each shape; iree: the dynamic-shape one;\n"
+               "  liger (GPUs) needs the 'peers' extra; numpy runs on local devices.\n"
+               "  Default: all that run beside the device.\n"
+               "Exit status 1 when a result fails its float64 check.",
     )
-    b.add_argument("--device", default="local-task")
+    b.add_argument("--device", choices=devices, default="local-task", help="IREE driver")
     b.add_argument("--shape", action="append", required=True, help="MxN, e.g. 8192x4096 (repeatable)")
-    b.add_argument("--dtype", action="append", choices=DTYPES, required=True)
+    b.add_argument("--dtype", action="append", choices=DTYPES, required=True, help="storage dtype (repeatable)")
     b.add_argument("--norm", choices=tuple(bench.NORM_OPS), default="layernorm",
                    help="the normalisation to time (`run` and `compile` call it --op)")
     b.add_argument("--op", choices=("backward", "forward", "both"), default="backward",
                    help="which pass of --norm to time")
-    b.add_argument("--chip")
-    b.add_argument("--artifact-dir")
+    b.add_argument("--chip", help="GPU architecture for cuda/hip, e.g. sm_89 or gfx90a (default: sm_80 / gfx942)")
+    b.add_argument("--artifact-dir", help="folder made by `lnbwd-iree compile --out`, searched before the cache")
     b.add_argument("--impl", action="append", choices=bench.IMPLS, metavar="IMPL",
-                   help="time only these (repeatable; names below)")
+                   help="time only these (repeatable; names below; default: all that run beside the device)")
     b.add_argument("--json", help="output path (.md and .png beside it); default: a new"
                    " bench_<device>_<date-time>.json in the current folder. Existing files are never replaced"
                    " without --force")
     b.add_argument("--force", action="store_true", help="replace existing output files")
-    b.add_argument("--l2-bytes", type=int, help="L2 size the input rotation must exceed twice (default: the"
+    b.add_argument("--l2-bytes", type=positive_int, help="L2 size the input rotation must exceed twice (default: the"
                    f" GPU's, read through torch; {bench.L2_BYTES_DEFAULT >> 20} MiB without it)")
-    b.add_argument("--seed", type=int)
-    b.add_argument("--threads", type=int, help="local devices: run IREE and torch on this many cores")
+    b.add_argument("--seed", type=int, help="random seed (default: fresh inputs each run)")
+    b.add_argument("--threads", type=positive_int,
+                   help="local devices: run IREE and torch on this many cores (default: each library's own)")
     b.set_defaults(fn=cmd_bench)
 
     c = add("cache", help="list, clear or prune compiled artifacts",

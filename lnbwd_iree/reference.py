@@ -1,4 +1,10 @@
-"""Float64 NumPy reference of LayerNorm forward and backward over the last dim."""
+"""Float64 NumPy references of each op's entry points, the one place their math is written.
+
+The formulas use only what NumPy arrays and torch tensors share (operators,
+``mean``/``sum`` with ``axis``/``keepdims``, ``reshape``) and convert their
+inputs with ``to`` (float64 NumPy arrays by default), so the bench's float32
+peers (NumPy, and torch's explicit math) run these same lines in their own
+arithmetic type."""
 
 from __future__ import annotations
 
@@ -13,26 +19,28 @@ import numpy as np
 TOLERANCE = {"f64": 1e-12, "f32": 1e-5, "f16": 4 * 2.0**-11, "bf16": 4 * 2.0**-8}
 
 
-def forward_reference(x, gamma, beta, eps: float = 1e-5):
+def float64(array):
+    """The references' arithmetic: a float64 NumPy array."""
+    return np.asarray(array, np.float64)
+
+
+def forward_reference(x, gamma, beta, eps: float = 1e-5, *, to=float64):
     """(y, mean, rstd) in float64; mean/rstd have x's leading dims."""
-    x = np.asarray(x, np.float64)
+    x, gamma, beta = to(x), to(gamma), to(beta)
     mean = x.mean(axis=-1)
     centred = x - mean[..., None]
-    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=-1) + eps)
-    y = centred * rstd[..., None] * np.asarray(gamma, np.float64) + np.asarray(beta, np.float64)
-    return y, mean, rstd
+    rstd = ((centred * centred).mean(axis=-1) + eps) ** -0.5
+    return centred * rstd[..., None] * gamma + beta, mean, rstd
 
 
-def backward_reference(dy, x, gamma, mean, rstd):
+def backward_reference(dy, x, gamma, mean, rstd, *, to=float64):
     """(dX, dgamma, dbeta) in float64 from the saved statistics.
 
     dX uses the per-row means of g = gamma * dY and g * x_hat (not the column
     sums dbeta/dgamma that Composable Kernel's example 53 README writes)."""
-    dy = np.asarray(dy, np.float64)
-    x = np.asarray(x, np.float64)
-    gamma = np.asarray(gamma, np.float64)
-    mean = np.asarray(mean, np.float64).reshape(x.shape[:-1])[..., None]
-    rstd = np.asarray(rstd, np.float64).reshape(x.shape[:-1])[..., None]
+    dy, x, gamma = to(dy), to(x), to(gamma)
+    mean = to(mean).reshape(x.shape[:-1])[..., None]
+    rstd = to(rstd).reshape(x.shape[:-1])[..., None]
     x_hat = (x - mean) * rstd
     g = dy * gamma
     dx = rstd * (g - g.mean(axis=-1, keepdims=True) - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
@@ -48,20 +56,29 @@ def relative_error(actual, expected) -> float:
     return float(np.linalg.norm((actual - expected).ravel()) / (denom if denom > 0 else 1.0))
 
 
-def rmsnorm_forward_reference(x, gamma, eps: float):
+def rmsnorm_forward_reference(x, gamma, eps: float, *, to=float64):
     """RMSNorm's (y, rstd) in float64, rstd = 1/sqrt(mean(x^2) + eps) with x's leading dims."""
-    x = np.asarray(x, np.float64)
-    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1) + eps)
-    return x * rstd[..., None] * np.asarray(gamma, np.float64), rstd
+    x, gamma = to(x), to(gamma)
+    rstd = ((x * x).mean(axis=-1) + eps) ** -0.5
+    return x * rstd[..., None] * gamma, rstd
 
 
-def rmsnorm_backward_reference(dy, x, gamma, rstd):
+def rmsnorm_backward_reference(dy, x, gamma, rstd, *, to=float64):
     """RMSNorm's (dX, dgamma) in float64 from the saved rstd: with x_hat = x * rstd
     and g = gamma * dY, dX = rstd * (g - x_hat * mean_j(g * x_hat)) per row."""
-    dy = np.asarray(dy, np.float64)
-    x = np.asarray(x, np.float64)
-    rstd = np.asarray(rstd, np.float64).reshape(x.shape[:-1])[..., None]
+    dy, x, gamma = to(dy), to(x), to(gamma)
+    rstd = to(rstd).reshape(x.shape[:-1])[..., None]
     x_hat = x * rstd
-    g = dy * np.asarray(gamma, np.float64)
+    g = dy * gamma
     dx = rstd * (g - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
     return dx, (dy * x_hat).sum(axis=tuple(range(x.ndim - 1)))
+
+
+# Each kernel's main entry point (named as the kernel, lnbwd_iree.kernels)
+# and its reference: inputs in the entry's order, its scalars as keywords.
+REFERENCES = {
+    "layernorm_forward": forward_reference,
+    "layernorm_backward": backward_reference,
+    "rmsnorm_forward": rmsnorm_forward_reference,
+    "rmsnorm_backward": rmsnorm_backward_reference,
+}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lnbwd_iree import bench
+from lnbwd_iree.bench import peers, runner, timing
 from lnbwd_iree.cli import main
 
 RECORD_KEYS = {"impl", "op", "m", "n", "dtype", "median_us", "gbps", "pct_of_copy", "build", "correct",
@@ -61,13 +62,18 @@ def test_torch_compile_reports_the_faster_build(tmp_path):
 
 
 def test_wrong_implementation_is_reported_not_timed(tmp_path, monkeypatch, capsys):
-    original = bench.numpy_backward
+    original = peers.numpy_math
 
-    def off_by_a_percent(*args):
-        dx, dgamma, dbeta = original(*args)
-        return dx * np.float32(1.01), dgamma, dbeta
+    def off_by_a_percent(case):
+        math = original(case)
 
-    monkeypatch.setattr(bench, "numpy_backward", off_by_a_percent)
+        def call(*inputs):
+            dx, *rest = math(*inputs)
+            return dx * np.float32(1.01), *rest
+
+        return call
+
+    monkeypatch.setattr(peers, "numpy_math", off_by_a_percent)
     assert main(bench_args(tmp_path, "--impl", "numpy", "--impl", "iree_static")) == 1
     rows = {r["impl"]: r for r in json.loads((tmp_path / "out.json").read_text())["results"]}
     wrong = rows["numpy"]
@@ -87,7 +93,7 @@ def test_an_implementation_that_writes_nothing_is_caught(tmp_path, monkeypatch):
     def no_op(self, *args, out=None, wait=True, **kwargs):
         return out
 
-    monkeypatch.setattr(runtime.LayerNormKernels, "forward", no_op)
+    monkeypatch.setattr(runtime.LayerNormKernels, "call", no_op)
     assert main(bench_args(tmp_path, "--op", "forward", "--impl", "iree_static")) == 1
     (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
     assert not row["correct"] and row["median_us"] is None and np.isnan(row["max_rel_error"])
@@ -130,7 +136,7 @@ def test_default_output_is_a_new_file_in_the_current_folder(tmp_path, monkeypatc
 
 def test_no_iree_impl_and_no_torch_still_writes_a_table(tmp_path, monkeypatch):
     """Peers alone (no IREE row to divide by) and no copy bandwidth: no ZeroDivisionError."""
-    monkeypatch.setattr(bench.Bench, "_device_figures", lambda self, l2: (None, l2, "test host"))
+    monkeypatch.setattr(runner, "device_figures", lambda driver, torch, l2: timing.DeviceFigures("test host", None, l2))
     assert main(bench_args(tmp_path, "--impl", "numpy")) == 0
     (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
     assert row["pct_of_copy"] is None and row["median_us"] > 0
@@ -156,10 +162,9 @@ def test_png_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch, ca
 def test_torch_without_the_gpu_skips_the_peers_with_a_note(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    b = bench.Bench.__new__(bench.Bench)
-    b.device, b.notes = "cuda", []
-    assert b._torch_peers(["torch_eager", "liger"]) is None
-    assert "torch_eager, liger: this torch" in b.notes[0] and "sees no GPU" in b.notes[0]
+    notes = []
+    assert runner.torch_peers("cuda", ["torch_eager", "liger"], notes) is None
+    assert "torch_eager, liger: this torch" in notes[0] and "sees no GPU" in notes[0]
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
@@ -220,3 +225,119 @@ def test_liger_asked_for_on_the_host_is_skipped_with_a_note(tmp_path, capsys):
     assert {r["impl"] for r in report["results"]} == {"numpy"}
     assert report["notes"] and report["notes"][0].startswith("liger:")
     assert "skipped liger:" in capsys.readouterr().out
+
+
+def test_every_registered_kernel_is_timed_with_its_reference():
+    from lnbwd_iree.kernels import KERNELS
+    from lnbwd_iree.reference import REFERENCES
+
+    assert {op.kernel for op in bench.TIMED_OPS.values()} == set(KERNELS)
+    for op in bench.TIMED_OPS.values():
+        assert op.reference is REFERENCES[op.entry.name] and bench.NORM_OPS[op.norm][op.direction] == op.name
+    # LayerNorm's records keep their names, so that committed results compare.
+    assert bench.NORM_OPS["layernorm"] == {"backward": "backward", "forward": "forward"}
+
+
+def small_cases(dtype, seed=0, m=8, n=24):
+    return list(bench.inputs.cases(np.random.default_rng(seed), dtype, m, n, bench.TIMED_OPS.values(), l2_bytes=1024))
+
+
+def test_statistics_inputs_are_the_forward_formula_of_x():
+    from lnbwd_iree.reference import forward_reference, rmsnorm_forward_reference
+
+    by_name = {case.op.name: case for case in small_cases("bf16")}
+    (dy, x), (gamma, mean, rstd) = by_name["backward"].rows, by_name["backward"].rest
+    assert x.dtype == dy.dtype == gamma.dtype and mean.dtype == rstd.dtype == np.float32
+    _, want_mean, want_rstd = forward_reference(x, gamma, 0 * gamma, bench.EPS)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-5)
+    np.testing.assert_allclose(rstd, want_rstd, rtol=1e-5)
+    # One draw for every op of the shape: RMSNorm's rows and gamma are LayerNorm's.
+    (rms_dy, rms_x), (rms_gamma, rms_rstd) = by_name["rmsnorm_backward"].rows, by_name["rmsnorm_backward"].rest
+    assert rms_x is x and rms_dy is dy and rms_gamma is gamma
+    np.testing.assert_allclose(rms_rstd, rmsnorm_forward_reference(x, gamma, bench.EPS)[1], rtol=1e-5)
+    assert not np.allclose(rms_rstd, rstd)  # X is off-centre: the two statistics differ
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f64"])
+def test_numpy_peer_runs_the_reference_formula_in_its_arithmetic_type(dtype):
+    from lnbwd_iree.reference import TOLERANCE, relative_error
+
+    for case in small_cases(dtype):
+        got = peers.numpy_math(case)(*case.rows, *case.rest)
+        assert [g.dtype for g in got] == list(case.output_dtypes)
+        errors = [relative_error(g, w) for g, w in zip(got, case.want)]
+        assert max(errors) <= TOLERANCE[dtype], (case.op.name, errors)
+        # float32 arithmetic and storage rounding leave an error; f64 data is the reference itself.
+        assert (max(errors) == 0) == (dtype == "f64"), (case.op.name, errors)
+
+
+def test_torch_math_is_the_same_formula_as_numpys():
+    torch = pytest.importorskip("torch")
+    torch_peers = peers.TorchPeers(torch, "cpu")
+    for case in small_cases("f32"):
+        what, fn, rest = torch_peers.math(case)
+        assert what == "explicit float32 math" and rest is None
+        sets, case_rest = torch_peers.tensors(case)
+        got = fn(*sets[0], *case_rest)
+        for g, want in zip(got, peers.numpy_math(case)(*case.rows, *case.rest)):
+            assert g.dtype == torch.float32
+            np.testing.assert_allclose(g.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_integer_init_draws_integers():
+    drawn = bench.inputs.draw(np.random.default_rng(0), 64, 32, "f32", integers=True)
+    dy = drawn["dy"]
+    assert set(drawn) == set(bench.inputs.DRAWS) and dy.shape == (64, 32) and drawn["gamma"].shape == (32,)
+    assert np.array_equal(dy, np.round(dy)) and dy.min() >= -5 and dy.max() <= 5 and dy.std() > 1
+
+
+def test_plot_titles_name_each_op():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    rows = [{"impl": "numpy", "op": op, "m": 8, "n": 16, "dtype": "f32", "gbps": 1.0}
+            for op in ("backward", "rmsnorm_forward")]
+    fig = bench.report.figure({"results": rows, "copy_gbps": None, "device": "host"}, plt)
+    assert [ax.get_title() for ax in fig.axes] == ["layernorm backward, host", "rmsnorm forward, host"]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("flag", ["--l2-bytes", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-3", "1.5"])
+def test_sizes_must_be_positive_integers(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(bench_args(tmp_path, "--impl", "numpy", flag, value))
+    assert e.value.code == 2
+    assert f"argument {flag}: " in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_bench_device_is_one_of_the_drivers(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(bench_args(tmp_path, "--device", "tpu"))
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: local-task)" in out and "(default: backward)" in out and "(default: False)" not in out
+
+
+def test_torch_peers_are_checked_in_float64_on_f64_data(tmp_path):
+    """Their outputs reach the float64 check unrounded (f64 data exists on CPUs for gradchecks)."""
+    pytest.importorskip("torch")
+    args = bench_args(tmp_path, "--norm", "rmsnorm", "--op", "both", "--dtype", "f64", "--impl", "torch_eager")
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert {(r["op"], r["dtype"]) for r in rows} == {(op, d) for op in ("rmsnorm_backward", "rmsnorm_forward")
+                                                     for d in ("f32", "f64")}
+    assert all(r["max_rel_error"] <= (1e-12 if r["dtype"] == "f64" else 1e-5) for r in rows)
+
+
+def test_a_kernel_bench_cannot_time_is_refused_with_the_reason():
+    from lnbwd_iree.specialization import Arg, Entry, Kernel, Role
+
+    x, gamma, y = Arg("x", Role.ROWS), Arg("gamma", Role.COLUMNS), Arg("y", Role.ROWS)
+    unknown = Kernel("unknown_forward", (Entry("unknown_forward", (x, gamma), (y,)),), lambda spec, target: {})
+    with pytest.raises(ValueError, match="unknown_forward has no float64 reference"):
+        bench.TimedOp("unknown", unknown)
+    rows_last = Kernel("layernorm_forward", (Entry("layernorm_forward", (gamma, x), (y,)),), lambda spec, target: {})
+    with pytest.raises(ValueError, match="ROWS inputs, which must come first"):
+        bench.TimedOp("layernorm", rows_last)

@@ -92,9 +92,13 @@ def test_compile_again_keeps_earlier_artifacts_in_the_manifest_and_builds_a_shap
     out = str(tmp_path)
     assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--op", "layernorm", "--shape", "8x16", "--shape", "8x16"]) == 0
     assert "built 4, 0 already up to date" in capsys.readouterr().out  # dynamic + 8x16, forward and backward
+    # An artifact no load can use (here: no record) stays out of the manifest and its count.
+    (tmp_path / "stale_vmvx-generic.vmfb").write_bytes(b"not a module")
     # 4x16 needs a new backward only: the forward's artifact is per N (Dx16), already built.
     assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--op", "layernorm", "--shape", "4x16"]) == 0
-    assert "built 1, 3 already up to date" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "built 1, 3 already up to date" in printed and "lists 5 artifacts" in printed
+    assert "not listed, unusable: stale_vmvx-generic.vmfb (no readable record)" in printed
     files = [a["file"] for a in json.loads((tmp_path / "manifest.json").read_text())["artifacts"]]
     assert len(files) == len(set(files)) == 5
     assert "layernorm_backward_8x16xf32_vmvx-generic.vmfb" in files and "layernorm_backward_4x16xf32_vmvx-generic.vmfb" in files
