@@ -59,6 +59,14 @@ def test_forward_and_backward(kernels, rng, dtype, shape):
     assert_close("y", y, y_want, TOLERANCE[dtype])
     assert_close("rstd", rstd, rstd_want, 1e-5)
 
+    check_backward(kernels, dtype, dy, x, gamma, rstd)
+
+
+def check_backward(kernels, dtype, dy, x, gamma, rstd):
+    """Both backward entries, with ``rstd`` and recomputing it from X, into
+    NaN-poisoned outputs (an element the kernel skips stays NaN), against
+    the float64 reference."""
+    shape = dy.shape
     dx_want, dgamma_want = rmsnorm_backward_reference(dy, x, gamma, rstd)
     # dX cancels (g minus its projection on x_hat): judged against ||rstd * g||,
     # and dgamma against the sums of absolute terms (see test_kernels.sum_scales).
@@ -72,6 +80,26 @@ def test_forward_and_backward(kernels, rng, dtype, shape):
         for name, g, w, scale in zip(("dx", "dgamma"), got, (dx_want, dgamma_want), scales):
             assert g.dtype == DTYPES[dtype] and np.isfinite(np.asarray(g, np.float64)).all(), name
             assert_close(name, g, w, TOLERANCE[dtype], scale)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [(dtype, shape) for dtype in ("f32", "bf16")
+     for shape in ((8192, 4096), (32768, 1024), (16384, 8192), (65536, 768), (4096, 16384), (1024, 512), (4096, 1024))]
+    + [("f16", (8192, 4096)), ("f16", (32768, 1024))],
+    ids=str,
+)
+def test_static_gpu_artifacts(kernels, rng, cache_dir, dtype, shape):
+    """The shipped shape-specialised GPU backward: one pass over row blocks
+    (all but 4096x16384, whose rows keep two passes), both entries."""
+    if not kernels.target.is_gpu:
+        pytest.skip("GPU schedules; test_static_shape_artifacts covers the CPU's")
+    target = kernels.target
+    static = LayerNormKernels(kernels.driver, backend=target.backend, chip=target.chip, cache_dir=cache_dir, static_shapes=True)
+    skip_unsupported(static, dtype)
+    dy, x, gamma, _ = random_problem(rng, shape, dtype)
+    rstd = rmsnorm_forward_reference(x, gamma, EPS)[1].astype(np.float32)
+    check_backward(static, dtype, dy, x, gamma, rstd)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
@@ -156,13 +184,15 @@ def test_empty_batch(stats):
 
 @pytest.mark.parametrize("chip", ["sm_80", "gfx942", "gfx1100"])
 def test_gpu_design_uses_layernorm_row_schedules(chip):
-    """Static N on GPUs: the forward's row reduction and Y, and the backward's
-    row dispatch, carry hand-set schedules; dynamic N and CPUs leave them to IREE."""
+    """Static N on GPUs: the forward's row reduction and Y carry hand-set
+    schedules; so does the backward's two-pass row dispatch where rows are
+    too long for one pass (16384 > 512 lanes x 16); dynamic N and CPUs leave
+    them to IREE. tests/test_schedules.py covers the one-pass backward."""
     target = Target("cuda" if chip.startswith("sm") else "rocm", chip, ("cuda",))
     forward = Specialization(RMSNORM_FORWARD, "bf16", None, 4096).source(target)
     assert forward.count("lowering_config") >= 2 and "VectorDistribute" in forward
-    backward = Specialization(RMSNORM_BACKWARD, "f32", 8192, 4096)
-    assert "VectorDistribute" in backward.source(target)
+    backward = Specialization(RMSNORM_BACKWARD, "f32", 4096, 16384)
+    assert "VectorDistribute" in backward.source(target) and "flow.dispatch.region" not in backward.source(target)
     assert "util.optimization_barrier %rstd_fused" in backward.source(target)
     assert backward.transform_library(target) == ""
     # dgamma from LayerNorm's blocked column partials (static M), scheduled on GPUs.

@@ -1,11 +1,14 @@
 """RMSNorm over the last dim: its kernels, their entry points and argument
 roles, and the design rules that fill its templates (mlir/rmsnorm_*.mlir).
 
-The design reuses LayerNorm's: the forward's GPU row dispatch (the row held
-in registers, read once), and its two-pass backward: the row dispatch
-(several subgroups per row on GPUs) and the column sums (blocked partials
-for static M), which give dgamma when the mean is zero. LayerNorm's one-pass
-row-block backward is not used yet: RMSNorm's backward reads dY and X twice."""
+The design reuses LayerNorm's. The forward is its GPU row dispatch (the row
+held in registers, read once). The backward, for static shapes on CUDA/ROCm
+chips with known figures, is its one-pass row-block design
+(rmsnorm_row_block_pass.mlir: LayerNorm's row_blocks, row_block_configs
+and transform library with one column sum, so the block's register-held
+fp32 partials are half of LayerNorm's); elsewhere its two passes: the row
+dispatch (several subgroups per row on GPUs) and LayerNorm's column sums
+(blocked partials for static M), which give dgamma when the mean is zero."""
 
 from __future__ import annotations
 
@@ -34,16 +37,36 @@ def forward_design(spec: Specialization, target: Target) -> dict[str, str]:
     return fields
 
 
+# The bodies of the per-row sum of g * x_hat and of dX, shared by both designs.
+_ROW_BODIES = {"RMS_ROW_SUM_BODY": "rms_row_sum_g_xhat_body.mlir", "RMS_DX_BODY": "rms_dx_body.mlir"}
+# Column sums per row block: dgamma alone.
+_COLUMN_SUMS = 1
+
+
 def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
+    fields = {"RMS_STATISTICS": "rms_statistics.mlir", "RMS_SQ_SUM_CONFIG": "", **_ROW_BODIES}
+    one_pass = layernorm.row_blocks(spec, target)
+    if one_pass is not None:
+        return {
+            **fields,
+            **layernorm.row_block_configs(spec, target, *one_pass, sums=_COLUMN_SUMS),
+            "GRADIENT_PASSES": "rmsnorm_row_block_pass.mlir",
+            "STATS_BARRIER": stats_barrier(spec, True),
+        }
     configs = layernorm.row_configs(spec, target)
     return {
-        "RMS_STATISTICS": "rms_statistics.mlir",
-        "RMS_SQ_SUM_CONFIG": "",
+        **fields,
+        "GRADIENT_PASSES": "rmsnorm_row_then_column_passes.mlir",
         "ROW_ROOT_CONFIG": configs["ROW_ROOT_CONFIG"],
         "ROW_DX_CONFIG": configs["ROW_DX_CONFIG"],
         "STATS_BARRIER": stats_barrier(spec, bool(configs["ROW_ROOT_CONFIG"])),
         **layernorm.column_sums_fields(spec, target),
     }
+
+
+def backward_library(spec: Specialization, target: Target) -> str:
+    """The one-pass backward's per-op lowering configs, or "" for two passes."""
+    return layernorm.row_block_library(spec, target, sums=_COLUMN_SUMS)
 
 
 _DY, _X, _GAMMA = Arg("dy", Role.ROWS), Arg("x", Role.ROWS), Arg("gamma", Role.COLUMNS)
@@ -57,6 +80,7 @@ RMSNORM_BACKWARD = Kernel(
         Entry("rmsnorm_backward_recompute", (_DY, _X, _GAMMA), _GRADIENTS, ("eps",), "rmsnorm_backward"),
     ),
     backward_design,
+    backward_library,
 )
 RMSNORM_FORWARD = Kernel(
     "rmsnorm_forward",
