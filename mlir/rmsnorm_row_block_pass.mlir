@@ -76,18 +76,6 @@
   }
   %dx_static = tensor.collapse_shape %dx_blocks [[0, 1], [2]] : tensor<{G}x{R}x{N}x{T}> into tensor<{M}x{N}x{T}>
   %dx = tensor.cast %dx_static : tensor<{M}x{N}x{T}> to tensor<?x?x{T}>
-  // dgamma from the {G} blocks' partials, PARTIAL_SUM_CONFIG as in
-  // column_sums_per_result.mlir: threads split the G rows, 16 bytes of
-  // columns each.
   %dgamma_parts_static = tensor.collapse_shape %partials_static [[0], [1, 2]] : tensor<{G}x1x{N}x{A}> into tensor<{G}x{N}x{A}>
   %dgamma_parts = tensor.cast %dgamma_parts_static : tensor<{G}x{N}x{A}> to tensor<{G}x?x{A}>
-  %col_init = tensor.empty(%n) : tensor<?x{A}>
-  %col_zero = linalg.fill ins(%zero : {A}) outs(%col_init : tensor<?x{A}>) -> tensor<?x{A}>
-  %dgamma_acc = linalg.generic {
-      indexing_maps = [affine_map<(c, g) -> (g, c)>, affine_map<(c, g) -> (c)>],
-      iterator_types = ["parallel", "reduction"]{PARTIAL_SUM_CONFIG}}
-      ins(%dgamma_parts : tensor<{G}x?x{A}>) outs(%col_zero : tensor<?x{A}>) {
-  ^bb0(%part: {A}, %acc: {A}):
-    %sum = arith.addf %acc, %part : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<?x{A}>
+  {RMS_PARTIALS_SUM}

@@ -21,11 +21,11 @@
   {RMS_DX_BODY}
   } -> tensor<?x?x{T}>
 
-  // dgamma: LayerNorm's column sums (COLUMN_SUMS: one reduction over all
-  // rows, or blocked partials for static M; ops/layernorm.py
-  // column_sums_fields) with a zero mean, so that their x_hat is x * rstd.
-  // The sum of dY they also make (LayerNorm's dbeta) is unused; IREE drops
-  // it, partials included (docs/design.md, RMSNorm).
+  // dgamma: COLUMN_SUMS, blocked partials of one sum for static M
+  // (rms_column_sums_blocked.mlir), else LayerNorm's one reduction over all
+  // rows (column_sums_direct.mlir) with a zero mean, so that its x_hat is
+  // x * rstd; the sum of dY it also makes (LayerNorm's dbeta) is unused and
+  // IREE drops it.
   %mean_init = tensor.empty(%m) : tensor<?x{A}>
   %mean = linalg.fill ins(%zero : {A}) outs(%mean_init : tensor<?x{A}>) -> tensor<?x{A}>
   {COLUMN_SUMS}

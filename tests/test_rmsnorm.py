@@ -195,8 +195,9 @@ def test_gpu_design_uses_layernorm_row_schedules(chip):
     assert "VectorDistribute" in backward.source(target) and "flow.dispatch.region" not in backward.source(target)
     assert "util.optimization_barrier %rstd_fused" in backward.source(target)
     assert backward.transform_library(target) == ""
-    # dgamma from LayerNorm's blocked column partials (static M), scheduled on GPUs.
-    assert "%partials = linalg.generic" in backward.source(target)
+    # dgamma from blocked partials of one sum (static M), with LayerNorm's partial schedule.
+    assert "%dgamma_parts = linalg.generic" in backward.source(target)
+    assert "workgroup = [1, 512, 0], thread = [0, 4, 0], reduction = [0, 0, 8]" in backward.source(target)
     for spec, where in ((Specialization(RMSNORM_BACKWARD, "f32"), target), (backward, LLVM_CPU_HOST)):
         assert "#iree_gpu" not in spec.source(where)
         assert "tensor.cast %rstd_fused" in spec.source(where)

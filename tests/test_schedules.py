@@ -259,6 +259,18 @@ def test_rmsnorm_two_passes_where_layernorm_keeps_them(dtype, shape, target):
     assert "flow.dispatch.region" not in source and "pass_pipeline" not in source
     assert spec.transform_library(target) == ""
     assert "%row_sum_g_xhat = linalg.generic" in source
+    # dgamma from blocked partials of one sum for static M, iterated (g, j, r):
+    # a unit k dim would be folded away by IREE, with the schedule.
+    blocked = layernorm.column_blocks(spec, target) is not None
+    assert ("%dgamma_parts = linalg.generic" in source) == blocked
+    assert ("affine_map<(g, j, r) -> (g, j)>" in source) == blocked
+    if blocked and target.backend == "llvm-cpu":
+        assert "distribution = [32, 1024, 0], vector_common_parallel = [1, 64, 0], vector_reduction = [0, 0, 1]" in source
+    if blocked and target.is_gpu:
+        config = layernorm.partial_config(spec, target, layernorm.column_blocks(spec, target)[1], sums=None)
+        assert config in source
+        # A 16-byte vector of columns per thread where N splits into whole steps (not 768 bf16 on wave64, 1000).
+        assert (f"thread = [0, {spec.vector}, 0]" in config) == (spec.n % (target.subgroup_size * spec.vector) == 0)
 
 
 PARSE_SHAPES = [(None, None), (8192, 4096), (32768, 1024), (16384, 8192), (4096, 16384), (65536, 768),

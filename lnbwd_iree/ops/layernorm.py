@@ -55,12 +55,16 @@ def partial_layout(spec: Specialization, target: Target, blocks: int) -> dict[st
         return {"PARTIALS": f"2x?x{blocks}x{spec.accumulator}", "PARTIAL_INDEX": "(k, j, g)"}
     return {"PARTIALS": f"{blocks}x2x?x{spec.accumulator}", "PARTIAL_INDEX": "(g, k, j)"}
 
-def partial_config(spec: Specialization, target: Target, rows: int) -> str:
+def partial_config(spec: Specialization, target: Target, rows: int, sums: int | None) -> str:
     """compilation_info for the blocked partial column sums on GPU and
     llvm-cpu targets (see column_sums_blocked.mlir), or "" to leave the
-    choice to IREE (vmvx)."""
+    choice to IREE (vmvx). ``sums``: the size of the op's k dim, iterated
+    (g, k, j, r), the column sums it makes (LayerNorm's dbeta and dgamma);
+    None for an op of one sum without that dim, iterated (g, j, r) (RMSNorm's
+    dgamma: IREE folds a unit k dim away, and the schedule with it)."""
+    k = [] if sums is None else [sums]
     if target.backend == "llvm-cpu":
-        return cpu_partial_config()
+        return cpu_partial_config(k)
     if not target.is_gpu or spec.n is None:
         return ""
     vector = spec.vector
@@ -69,21 +73,22 @@ def partial_config(spec: Specialization, target: Target, rows: int) -> str:
     if threads is None:
         return ""
     return compilation_info(
-        f"workgroup = [1, 2, {threads * vector}, 0], thread = [0, 2, {vector}, 0], "
-        f"reduction = [0, 0, 0, {min(8, rows)}]",
+        f"workgroup = {[1, *k, threads * vector, 0]}, thread = {[0, *k, vector, 0]}, "
+        f"reduction = {[0, *[0] * len(k), 0, min(8, rows)]}",
         threads,
         subgroup,
     )
 
-def cpu_partial_config() -> str:
-    """llvm-cpu schedule for the partials (iterated (g, k, j, r)): vectors of
-    64 columns for both k, one row r per step. IREE's default vectorised
-    along r, transposing each strided [j, r] tile (8192x4096 f32: partials
-    ~45 ms, total 75 ms); this one reads rows contiguously (12 ms, total 36 ms)."""
+def cpu_partial_config(k: list[int]) -> str:
+    """llvm-cpu schedule for the partials (iterated (g, k, j, r), or (g, j, r)
+    where ``k`` is empty): vectors of 64 columns for every k, one row r per
+    step. IREE's default vectorised along r, transposing each strided [j, r]
+    tile (8192x4096 f32: partials ~45 ms, total 75 ms); this one reads rows
+    contiguously (12 ms, total 36 ms)."""
     return (
         ", compilation_info = #iree_codegen.compilation_info<"
-        "lowering_config = #iree_cpu.lowering_config<distribution = [32, 2, 1024, 0], "
-        "vector_common_parallel = [1, 2, 64, 0], vector_reduction = [0, 0, 0, 1]>, "
+        f"lowering_config = #iree_cpu.lowering_config<distribution = {[32, *k, 1024, 0]}, "
+        f"vector_common_parallel = {[1, *k, 64, 0]}, vector_reduction = {[0, *[0] * len(k), 0, 1]}>, "
         "translation_info = #iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>"
     )
 
@@ -341,7 +346,7 @@ def column_sums_fields(spec: Specialization, target: Target) -> dict[str, str]:
         COLUMN_SUMS="column_sums_blocked.mlir",
         G=str(blocks[0]),
         R=str(blocks[1]),
-        PARTIAL_CONFIG=partial_config(spec, target, blocks[1]),
+        PARTIAL_CONFIG=partial_config(spec, target, blocks[1], sums=2),
         FINAL_SUMS="column_sums_per_result.mlir" if per_result else "column_sums_joint.mlir",
         PARTIAL_SUM_CONFIG=final_config,
         **layout,
