@@ -222,3 +222,51 @@ def test_kernel_declarations_are_checked():
     entry = Entry("f", (Arg("x", Role.ROWS),), (Arg("dgamma", Role.COLUMNS),), ("eps",), "f")
     with pytest.raises(ValueError, match="zero_columns_from must name an entry of k without scalars"):
         Kernel("k", (entry,), lambda spec, target: {})
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path):
+    """The one-pass dispatch's PTX loads gamma once and each row's dY, X and
+    rstd once (16-byte vectors; the read-only .nc path), never loads the
+    partials, and stores them once, after the row loop: they stay in
+    registers across it. (Without the pipeline's forall-to-for they are
+    zeroed in memory first and stored at every row step.)"""
+    import re
+
+    from lnbwd_iree import compiler
+    from lnbwd_iree.ops import layernorm
+    from lnbwd_iree.targets import target_for
+
+    target = target_for("cuda", "sm_80")
+    spec = Specialization(RMSNORM_BACKWARD, dtype, 8192, 4096)
+    _, _, subgroups = layernorm.row_blocks(spec, target)
+    compiler.compile_spec(spec, target, [f"--iree-hal-dump-executable-files-to={tmp_path}"])
+    (ptx,) = tmp_path.glob("*.ptx")
+    text = ptx.read_text()
+    entry = text[text.index(".entry rmsnorm_backward_dispatch_0_reduction_256x1x4096x32"):]
+    entry = entry[: entry.index("\n}\n")]
+    per_tensor = 4096 // (32 * subgroups * spec.vector)  # 16-byte vectors of a row per lane
+    assert entry.count("ld.global.nc.v4") == 3 * per_tensor  # gamma, then dY and X in the loop
+    assert re.findall(r"ld\.global\.(?!nc)", entry) == []
+    # dX's vectors of a row, then the lane's fp32 partials (one per element it holds of a row).
+    assert entry.count("st.global.v4") == per_tensor + per_tensor * spec.vector // 4
+    tail = entry[entry.rindex("bra") :]  # after the loop's last branch
+    assert tail.count("st.global.v4") == per_tensor * spec.vector // 4
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [("f32", (8192, 4096)), ("bf16", (16384, 8192)), ("bf16", (4096, 16384)), ("f16", (65536, 768))],
+    ids=str,
+)
+def test_gfx942_backward_does_not_spill(dtype, shape):
+    """One pass (8192x4096, 16384x8192) and two passes (rows of 16384; 768
+    bf16/f16 columns do not fill wave64 steps) on MI300X: no spills, no scratch."""
+    from lnbwd_iree.rocm_report import kernel_resources
+
+    target = Target("rocm", "gfx942", ("hip",))
+    spec = Specialization(RMSNORM_BACKWARD, dtype, *shape)
+    kernels = kernel_resources(spec, target)
+    assert kernels, "no kernels in the dumped assembly"
+    for k in kernels:
+        assert not k.spills, f"{k.name}: {k.vgpr_spill_count} VGPR / {k.sgpr_spill_count} SGPR spills, scratch {k.private_segment_fixed_size} B"
