@@ -1,9 +1,13 @@
 // RMSNorm-2D backward: dX and dgamma from dY, X, gamma and the forward's
 // rstd = 1/sqrt(mean_j(x^2) + eps), rows of length N. Fields: T, A, M, N as
-// in layernorm_backward.mlir; ROW_ROOT_CONFIG and ROW_DX_CONFIG are hand-set
-// GPU schedules of the row dispatch (ops/rmsnorm.py), or empty; STATS_BARRIER
-// defines %rstd from %rstd_fused in the recompute entry; COLUMN_SUMS and its
-// fields are LayerNorm's two-pass column sums.
+// in layernorm_backward.mlir; STATS_BARRIER defines %rstd from %rstd_fused
+// in the recompute entry; GRADIENT_PASSES names the file that computes %dx
+// and %dgamma_acc: rmsnorm_row_block_pass.mlir (one pass over dY and X, for
+// static shapes on GPUs; LayerNorm's row-block schedule with one column sum)
+// or rmsnorm_row_then_column_passes.mlir (two passes: the row dispatch with
+// ROW_ROOT_CONFIG and ROW_DX_CONFIG, hand-set GPU schedules or empty, then
+// LayerNorm's column sums, COLUMN_SUMS and its fields). Both take the row
+// ops' bodies from RMS_ROW_SUM_BODY and RMS_DX_BODY (ops/rmsnorm.py).
 //
 // Math, with x_hat = x * rstd and g = gamma * dY:
 //   dgamma_j = sum_i dY_ij * x_hat_ij
@@ -60,53 +64,8 @@ func.func private @rms_backward_with_stats(
   %n_acc = arith.sitofp %n_i64 : i64 to {A}
   %inv_n = arith.divf %one, %n_acc : {A}
 
-  %row_init = tensor.empty(%m) : tensor<?x{A}>
-  %row_zero = linalg.fill ins(%zero : {A}) outs(%row_init : tensor<?x{A}>) -> tensor<?x{A}>
-  // Per-row sum of g * x_hat, then dX from it: one chain that IREE fuses
-  // into one dispatch on GPUs, reading each row of dY and X once.
-  %row_sum_g_xhat = linalg.generic {
-      indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows],
-      iterator_types = ["parallel", "reduction"]{ROW_ROOT_CONFIG}}
-      ins(%dy, %x, %gamma, %rstd : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>)
-      outs(%row_zero : tensor<?x{A}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %rstd_s: {A}, %acc: {A}):
-    %dy_w = widen %dy_s
-    %x_w = widen %x_s
-    %gamma_w = widen %gamma_s
-    %xhat = arith.mulf %x_w, %rstd_s : {A}
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %g_xhat = arith.mulf %g, %xhat : {A}
-    %sum = arith.addf %acc, %g_xhat : {A}
-    linalg.yield %sum : {A}
-  } -> tensor<?x{A}>
-  %dx_init = tensor.empty(%m, %n) : tensor<?x?x{T}>
-  %dx = linalg.generic {
-      indexing_maps = [#rows_cols, #rows_cols, #cols, #rows, #rows, #rows_cols],
-      iterator_types = ["parallel", "parallel"]{ROW_DX_CONFIG}}
-      ins(%dy, %x, %gamma, %rstd, %row_sum_g_xhat : tensor<?x?x{T}>, tensor<?x?x{T}>, tensor<?x{T}>, tensor<?x{A}>, tensor<?x{A}>)
-      outs(%dx_init : tensor<?x?x{T}>) {
-  ^bb0(%dy_s: {T}, %x_s: {T}, %gamma_s: {T}, %rstd_s: {A}, %sum_g_xhat: {A}, %out: {T}):
-    %dy_w = widen %dy_s
-    %x_w = widen %x_s
-    %gamma_w = widen %gamma_s
-    %xhat = arith.mulf %x_w, %rstd_s : {A}
-    %g = arith.mulf %gamma_w, %dy_w : {A}
-    %mean_g_xhat = arith.mulf %sum_g_xhat, %inv_n : {A}
-    %t0 = arith.mulf %xhat, %mean_g_xhat : {A}
-    %t1 = arith.subf %g, %t0 : {A}
-    %dx_w = arith.mulf %t1, %rstd_s : {A}
-    %dx_s = narrow %dx_w
-    linalg.yield %dx_s : {T}
-  } -> tensor<?x?x{T}>
+  {GRADIENT_PASSES}
 
-  // dgamma: LayerNorm's column sums (COLUMN_SUMS: one reduction over all
-  // rows, or blocked partials for static M; ops/layernorm.py
-  // column_sums_fields) with a zero mean, so that their x_hat is x * rstd.
-  // The sum of dY they also make (LayerNorm's dbeta) is unused; IREE drops
-  // it, partials included (docs/design.md, RMSNorm).
-  %mean_init = tensor.empty(%m) : tensor<?x{A}>
-  %mean = linalg.fill ins(%zero : {A}) outs(%mean_init : tensor<?x{A}>) -> tensor<?x{A}>
-  {COLUMN_SUMS}
   %col_out_init = tensor.empty(%n) : tensor<?x{T}>
   %dgamma = linalg.generic {
       indexing_maps = [affine_map<(j) -> (j)>, affine_map<(j) -> (j)>], iterator_types = ["parallel"]}

@@ -1,5 +1,6 @@
-// Transform library for the one-pass backward (row_block_pass.mlir), given
-// to iree-compile as --iree-codegen-transform-dialect-library=FILE@__kernel_config.
+// Transform library for the one-pass backwards (row_block_pass.mlir,
+// rmsnorm_row_block_pass.mlir), given to iree-compile as
+// --iree-codegen-transform-dialect-library=FILE@__kernel_config.
 //
 // The partial-sums op's translation_info names a textual pass pipeline
 // (lnbwd_iree/row_block_pipeline.py) so that its row loop becomes an scf.for
@@ -8,7 +9,7 @@
 // names @lnbwd_row_block_configs, which the pipeline's first pass
 // (iree-codegen-lowering-config-interpreter) applies to put each op's own
 // config back, finding the ops by their lnbwd_role attribute:
-//   row: both row sums and dX, ROW_BLOCK_ROW_CONFIG (a row over the workgroup's threads);
+//   row: the row sums and dX, ROW_BLOCK_ROW_CONFIG (a row over the workgroup's threads);
 //   zero: the partials' zero init, ROW_BLOCK_ZERO_CONFIG;
 //   partials: the block's partial column sums, ROW_BLOCK_PARTIAL_TILES;
 //   fill: the row sums' zero init, which takes no config (a unit attribute

@@ -54,12 +54,26 @@ for step in "$@"; do
       python3 -m torch.distributed.run --standalone --nproc_per_node="$(nvidia-smi -L | wc -l)" \
         "$REPO/scripts/ddp_train.py" --device cuda --json "$OUT/ddp_cuda.json" 2>&1 | tee "$OUT/ddp_cuda.log" | tail -6 ;;
     rms)
-      # RMSNorm on CUDA: kernel and torch tests, then IREE against torch eager on a large and a small shape.
+      # RMSNorm on CUDA: kernel and torch tests, then IREE's shape-specialised artifacts against torch eager on
+      # the seven bench shapes, both ops. RMS_BASE (a folder of the carried tree holding another checkout's
+      # package and, in RMS_BASE/artifacts, its compiled artifacts) times that checkout's backward too: a
+      # before/after comparison in the same run. RMS_SHAPES (MxN ...) narrows the shapes, RMS_TESTS (a pytest -k
+      # expression) the tests, RMS_OP (backward, forward, both) the bench.
+      shapes=$(for s in ${RMS_SHAPES:-8192x4096 32768x1024 16384x8192 4096x16384 65536x768 1024x512 4096x1024}; do
+        echo "--shape $s"; done)
       LNBWD_IREE_TEST_DEVICES=cuda python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_rmsnorm.py" \
-        "$REPO/tests/test_torch_rmsnorm.py" -k cuda 2>&1 | tee "$OUT/pytest_rms_cuda.log" | tail -12
-      python3 -m lnbwd_iree bench --device cuda --norm rmsnorm --op both --dtype f32 --dtype bf16 --impl iree_static \
-        --impl torch_eager --shape 8192x4096 --shape 1024x512 --json "$OUT/bench_rms.json" --force 2>&1 \
-        | grep -vE "^lnbwd-iree: compiled" | tee "$OUT/bench_rms.log" ;;
+        "$REPO/tests/test_torch_rmsnorm.py" -k "cuda${RMS_TESTS:+ and ($RMS_TESTS)}" 2>&1 | tee "$OUT/pytest_rms_cuda.log" | tail -12
+      python3 -m lnbwd_iree bench --device cuda --norm rmsnorm --op "${RMS_OP:-both}" --dtype f32 --dtype bf16 --impl iree_static \
+        --impl torch_eager $shapes --json "$OUT/bench_rms.json" --force 2>&1 \
+        | grep -vE "^lnbwd-iree: compiled" | tee "$OUT/bench_rms.log"
+      if [ -n "${RMS_BASE:-}" ]; then
+        BASE_SITE=$(mktemp -d /tmp/lnbwd-base-site.XXXXXX)
+        python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$BASE_SITE" \
+          "$REPO/$RMS_BASE" || exit 1
+        PYTHONPATH=$BASE_SITE:$SITE LNBWD_IREE_ARTIFACTS=$REPO/$RMS_BASE/artifacts LNBWD_IREE_CACHE=$BASE_SITE/cache \
+          python3 -m lnbwd_iree bench --device cuda --norm rmsnorm --op backward --dtype f32 --dtype bf16 \
+          --impl iree_static $shapes --json "$OUT/bench_rms_base.json" --force 2>&1 | tee "$OUT/bench_rms_base.log"
+      fi ;;
     flags)
       # Runtime flag variants on three shapes, IREE only (IREE_PY_RUNTIME_FLAGS is read at import).
       for flags in "" "--cuda_async_allocations=false" "--cuda_use_streams=false"; do

@@ -59,6 +59,14 @@ def test_forward_and_backward(kernels, rng, dtype, shape):
     assert_close("y", y, y_want, TOLERANCE[dtype])
     assert_close("rstd", rstd, rstd_want, 1e-5)
 
+    check_backward(kernels, dtype, dy, x, gamma, rstd)
+
+
+def check_backward(kernels, dtype, dy, x, gamma, rstd):
+    """Both backward entries, with ``rstd`` and recomputing it from X, into
+    NaN-poisoned outputs (an element the kernel skips stays NaN), against
+    the float64 reference."""
+    shape = dy.shape
     dx_want, dgamma_want = rmsnorm_backward_reference(dy, x, gamma, rstd)
     # dX cancels (g minus its projection on x_hat): judged against ||rstd * g||,
     # and dgamma against the sums of absolute terms (see test_kernels.sum_scales).
@@ -72,6 +80,26 @@ def test_forward_and_backward(kernels, rng, dtype, shape):
         for name, g, w, scale in zip(("dx", "dgamma"), got, (dx_want, dgamma_want), scales):
             assert g.dtype == DTYPES[dtype] and np.isfinite(np.asarray(g, np.float64)).all(), name
             assert_close(name, g, w, TOLERANCE[dtype], scale)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [(dtype, shape) for dtype in ("f32", "bf16")
+     for shape in ((8192, 4096), (32768, 1024), (16384, 8192), (65536, 768), (4096, 16384), (1024, 512), (4096, 1024))]
+    + [("f16", (8192, 4096)), ("f16", (32768, 1024))],
+    ids=str,
+)
+def test_static_gpu_artifacts(kernels, rng, cache_dir, dtype, shape):
+    """The shipped shape-specialised GPU backward: one pass over row blocks
+    (all but 4096x16384, whose rows keep two passes), both entries."""
+    if not kernels.target.is_gpu:
+        pytest.skip("GPU schedules; test_static_shape_artifacts covers the CPU's")
+    target = kernels.target
+    static = LayerNormKernels(kernels.driver, backend=target.backend, chip=target.chip, cache_dir=cache_dir, static_shapes=True)
+    skip_unsupported(static, dtype)
+    dy, x, gamma, _ = random_problem(rng, shape, dtype)
+    rstd = rmsnorm_forward_reference(x, gamma, EPS)[1].astype(np.float32)
+    check_backward(static, dtype, dy, x, gamma, rstd)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
@@ -156,17 +184,20 @@ def test_empty_batch(stats):
 
 @pytest.mark.parametrize("chip", ["sm_80", "gfx942", "gfx1100"])
 def test_gpu_design_uses_layernorm_row_schedules(chip):
-    """Static N on GPUs: the forward's row reduction and Y, and the backward's
-    row dispatch, carry hand-set schedules; dynamic N and CPUs leave them to IREE."""
+    """Static N on GPUs: the forward's row reduction and Y carry hand-set
+    schedules; so does the backward's two-pass row dispatch where rows are
+    too long for one pass (16384 > 512 lanes x 16); dynamic N and CPUs leave
+    them to IREE. tests/test_schedules.py covers the one-pass backward."""
     target = Target("cuda" if chip.startswith("sm") else "rocm", chip, ("cuda",))
     forward = Specialization(RMSNORM_FORWARD, "bf16", None, 4096).source(target)
     assert forward.count("lowering_config") >= 2 and "VectorDistribute" in forward
-    backward = Specialization(RMSNORM_BACKWARD, "f32", 8192, 4096)
-    assert "VectorDistribute" in backward.source(target)
+    backward = Specialization(RMSNORM_BACKWARD, "f32", 4096, 16384)
+    assert "VectorDistribute" in backward.source(target) and "flow.dispatch.region" not in backward.source(target)
     assert "util.optimization_barrier %rstd_fused" in backward.source(target)
     assert backward.transform_library(target) == ""
-    # dgamma from LayerNorm's blocked column partials (static M), scheduled on GPUs.
-    assert "%partials = linalg.generic" in backward.source(target)
+    # dgamma from blocked partials of one sum (static M), with LayerNorm's partial schedule.
+    assert "%dgamma_parts = linalg.generic" in backward.source(target)
+    assert "workgroup = [1, 512, 0], thread = [0, 4, 0], reduction = [0, 0, 8]" in backward.source(target)
     for spec, where in ((Specialization(RMSNORM_BACKWARD, "f32"), target), (backward, LLVM_CPU_HOST)):
         assert "#iree_gpu" not in spec.source(where)
         assert "tensor.cast %rstd_fused" in spec.source(where)
@@ -191,3 +222,51 @@ def test_kernel_declarations_are_checked():
     entry = Entry("f", (Arg("x", Role.ROWS),), (Arg("dgamma", Role.COLUMNS),), ("eps",), "f")
     with pytest.raises(ValueError, match="zero_columns_from must name an entry of k without scalars"):
         Kernel("k", (entry,), lambda spec, target: {})
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path):
+    """The one-pass dispatch's PTX loads gamma once and each row's dY, X and
+    rstd once (16-byte vectors; the read-only .nc path), never loads the
+    partials, and stores them once, after the row loop: they stay in
+    registers across it. (Without the pipeline's forall-to-for they are
+    zeroed in memory first and stored at every row step.)"""
+    import re
+
+    from lnbwd_iree import compiler
+    from lnbwd_iree.ops import layernorm
+    from lnbwd_iree.targets import target_for
+
+    target = target_for("cuda", "sm_80")
+    spec = Specialization(RMSNORM_BACKWARD, dtype, 8192, 4096)
+    _, _, subgroups = layernorm.row_blocks(spec, target)
+    compiler.compile_spec(spec, target, [f"--iree-hal-dump-executable-files-to={tmp_path}"])
+    (ptx,) = tmp_path.glob("*.ptx")
+    text = ptx.read_text()
+    entry = text[text.index(".entry rmsnorm_backward_dispatch_0_reduction_256x1x4096x32"):]
+    entry = entry[: entry.index("\n}\n")]
+    per_tensor = 4096 // (32 * subgroups * spec.vector)  # 16-byte vectors of a row per lane
+    assert entry.count("ld.global.nc.v4") == 3 * per_tensor  # gamma, then dY and X in the loop
+    assert re.findall(r"ld\.global\.(?!nc)", entry) == []
+    # dX's vectors of a row, then the lane's fp32 partials (one per element it holds of a row).
+    assert entry.count("st.global.v4") == per_tensor + per_tensor * spec.vector // 4
+    tail = entry[entry.rindex("bra") :]  # after the loop's last branch
+    assert tail.count("st.global.v4") == per_tensor * spec.vector // 4
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [("f32", (8192, 4096)), ("bf16", (16384, 8192)), ("bf16", (4096, 16384)), ("f16", (65536, 768))],
+    ids=str,
+)
+def test_gfx942_backward_does_not_spill(dtype, shape):
+    """One pass (8192x4096, 16384x8192) and two passes (rows of 16384; 768
+    bf16/f16 columns do not fill wave64 steps) on MI300X: no spills, no scratch."""
+    from lnbwd_iree.rocm_report import kernel_resources
+
+    target = Target("rocm", "gfx942", ("hip",))
+    spec = Specialization(RMSNORM_BACKWARD, dtype, *shape)
+    kernels = kernel_resources(spec, target)
+    assert kernels, "no kernels in the dumped assembly"
+    for k in kernels:
+        assert not k.spills, f"{k.name}: {k.vgpr_spill_count} VGPR / {k.sgpr_spill_count} SGPR spills, scratch {k.private_segment_fixed_size} B"

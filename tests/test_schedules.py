@@ -3,12 +3,13 @@
 import pytest
 
 from lnbwd_iree import row_block_pipeline
-from lnbwd_iree.kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, Specialization
+from lnbwd_iree.kernels import KERNELS, LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, Specialization
 from lnbwd_iree.ops import layernorm
-from lnbwd_iree.targets import Target, target_for
+from lnbwd_iree.targets import TARGET_MATRIX, Target, target_for
 
 CUDA = target_for("cuda", "sm_80")
 GFX942 = Target("rocm", "gfx942", ("hip",))
+GFX1100 = Target("rocm", "gfx1100", ("hip",))
 CPU = target_for("local-task")
 
 
@@ -208,3 +209,92 @@ def test_one_pass_loads_a_16_bit_row_before_its_first_reduction(dtype, loads_x_f
     per_tensor = 4096 // (32 * subgroups * spec.vector)
     expected = (2 * per_tensor, 2) if loads_x_first else (per_tensor, 0)
     assert _row_loop_loads_before_first_barrier(ptx.read_text()) == expected
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target",
+    [("f32", (8192, 4096), CUDA), ("bf16", (8192, 4096), CUDA), ("f16", (32768, 1024), CUDA),
+     ("f32", (65536, 768), CUDA), ("bf16", (16384, 8192), CUDA), ("f32", (1024, 512), CUDA),
+     ("f32", (16384, 8192), GFX942), ("bf16", (32768, 1024), GFX942), ("f32", (8192, 4096), GFX1100)],
+    ids=str,
+)
+def test_rmsnorm_one_pass_holds_one_column_sum(dtype, shape, target):
+    """RMSNorm's backward takes LayerNorm's one-pass grid wherever LayerNorm
+    does, with [G, 1, N] partials (dgamma alone): one sum per thread and
+    column in the thread tiles, half of LayerNorm's registers, and one
+    final sum of the partials."""
+    spec = Specialization(RMSNORM_BACKWARD, dtype, *shape)
+    blocks, rows, subgroups = layernorm.row_blocks(spec, target)
+    assert (blocks, rows, subgroups) == layernorm.row_blocks(Specialization(LAYERNORM_BACKWARD, dtype, *shape), target)
+    source, library = spec.source(target), spec.transform_library(target)
+    assert source.count("flow.dispatch.region") == 1
+    assert f"tensor<{blocks}x{rows}x{spec.n}x{dtype}>" in source
+    assert f"flow.dispatch.region -> (tensor<{blocks}x{rows}x{spec.n}x{dtype}>, tensor<{blocks}x1x{spec.n}xf32>)" in source
+    lanes = target.subgroup_size
+    assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
+    assert f'#iree_codegen.pass_pipeline<"{row_block_pipeline.PIPELINE}">' in source
+    for role in ("fill", "row", "zero", "partials"):
+        assert f'lnbwd_role = "{role}"' in source and f'lnbwd_role = "{role}"' in library
+    assert source.count('lnbwd_role = "row"') == 2  # the row sum of g * x_hat and dX
+    vector = spec.vector
+    assert f"thread = [0, 1, {vector}, 0]" in library and f"thread = [0, 1, {vector}]" in library
+    assert f"thread = [0, 0, {vector}]" in library and "thread = [0, 2," not in library
+    # One final sum, carrying the scheduled partial sum of LayerNorm's design.
+    assert source.count("%dgamma_acc = linalg.generic") == 1
+    assert layernorm.partial_sum_config(spec, lanes, blocks) in source
+    # The recompute entry keeps its statistics in a dispatch of their own.
+    assert "util.optimization_barrier %rstd_fused" in source
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target",
+    [("f32", (4096, 16384), CUDA), ("bf16", (65536, 768), GFX942), ("f32", (96, 1000), CUDA),
+     ("f32", (8192, 4096), CPU), ("f32", (None, None), CUDA)],
+    ids=str,
+)
+def test_rmsnorm_two_passes_where_layernorm_keeps_them(dtype, shape, target):
+    spec = Specialization(RMSNORM_BACKWARD, dtype, *shape)
+    assert layernorm.row_blocks(spec, target) is None
+    source = spec.source(target)
+    assert "flow.dispatch.region" not in source and "pass_pipeline" not in source
+    assert spec.transform_library(target) == ""
+    assert "%row_sum_g_xhat = linalg.generic" in source
+    # dgamma from blocked partials of one sum for static M, iterated (g, j, r):
+    # a unit k dim would be folded away by IREE, with the schedule.
+    blocked = layernorm.column_blocks(spec, target) is not None
+    assert ("%dgamma_parts = linalg.generic" in source) == blocked
+    assert ("affine_map<(g, j, r) -> (g, j)>" in source) == blocked
+    if blocked and target.backend == "llvm-cpu":
+        assert "distribution = [32, 1024, 0], vector_common_parallel = [1, 64, 0], vector_reduction = [0, 0, 1]" in source
+    if blocked and target.is_gpu:
+        config = layernorm.partial_config(spec, target, layernorm.column_blocks(spec, target)[1], sums=None)
+        assert config in source
+        # A 16-byte vector of columns per thread where N splits into whole steps (not 768 bf16 on wave64, 1000).
+        assert (f"thread = [0, {spec.vector}, 0]" in config) == (spec.n % (target.subgroup_size * spec.vector) == 0)
+
+
+PARSE_SHAPES = [(None, None), (8192, 4096), (32768, 1024), (16384, 8192), (4096, 16384), (65536, 768),
+                (1024, 512), (4096, 1024), (7, 33)]
+
+
+@pytest.mark.parametrize("target", [*TARGET_MATRIX, Target("vulkan-spirv", "generic", ("vulkan",))], ids=lambda t: t.name)
+def test_every_rendered_source_and_library_parses(target):
+    """Each kernel's rendered source and transform library parse and verify
+    as MLIR (IREE's dialects), for every dtype the target takes, without compiling."""
+    from iree.compiler import ir
+
+    context = ir.Context()
+    for kernel in KERNELS:
+        for dtype in ("f32", "f16", "bf16", "f64"):
+            try:
+                target.check_dtype(dtype)
+            except TypeError:
+                continue
+            for shape in PARSE_SHAPES:
+                spec = Specialization(kernel, dtype, *shape)
+                for text in (spec.source(target), spec.transform_library(target)):
+                    if text:
+                        try:
+                            ir.Module.parse(text, context)
+                        except ir.MLIRError as e:
+                            pytest.fail(f"{spec.stem} for {target.name}: {e}")

@@ -55,12 +55,16 @@ def partial_layout(spec: Specialization, target: Target, blocks: int) -> dict[st
         return {"PARTIALS": f"2x?x{blocks}x{spec.accumulator}", "PARTIAL_INDEX": "(k, j, g)"}
     return {"PARTIALS": f"{blocks}x2x?x{spec.accumulator}", "PARTIAL_INDEX": "(g, k, j)"}
 
-def partial_config(spec: Specialization, target: Target, rows: int) -> str:
+def partial_config(spec: Specialization, target: Target, rows: int, sums: int | None) -> str:
     """compilation_info for the blocked partial column sums on GPU and
     llvm-cpu targets (see column_sums_blocked.mlir), or "" to leave the
-    choice to IREE (vmvx)."""
+    choice to IREE (vmvx). ``sums``: the size of the op's k dim, iterated
+    (g, k, j, r), the column sums it makes (LayerNorm's dbeta and dgamma);
+    None for an op of one sum without that dim, iterated (g, j, r) (RMSNorm's
+    dgamma: IREE folds a unit k dim away, and the schedule with it)."""
+    k = [] if sums is None else [sums]
     if target.backend == "llvm-cpu":
-        return cpu_partial_config()
+        return cpu_partial_config(k)
     if not target.is_gpu or spec.n is None:
         return ""
     vector = spec.vector
@@ -69,21 +73,22 @@ def partial_config(spec: Specialization, target: Target, rows: int) -> str:
     if threads is None:
         return ""
     return compilation_info(
-        f"workgroup = [1, 2, {threads * vector}, 0], thread = [0, 2, {vector}, 0], "
-        f"reduction = [0, 0, 0, {min(8, rows)}]",
+        f"workgroup = {[1, *k, threads * vector, 0]}, thread = {[0, *k, vector, 0]}, "
+        f"reduction = {[0, *[0] * len(k), 0, min(8, rows)]}",
         threads,
         subgroup,
     )
 
-def cpu_partial_config() -> str:
-    """llvm-cpu schedule for the partials (iterated (g, k, j, r)): vectors of
-    64 columns for both k, one row r per step. IREE's default vectorised
-    along r, transposing each strided [j, r] tile (8192x4096 f32: partials
-    ~45 ms, total 75 ms); this one reads rows contiguously (12 ms, total 36 ms)."""
+def cpu_partial_config(k: list[int]) -> str:
+    """llvm-cpu schedule for the partials (iterated (g, k, j, r), or (g, j, r)
+    where ``k`` is empty): vectors of 64 columns for every k, one row r per
+    step. IREE's default vectorised along r, transposing each strided [j, r]
+    tile (8192x4096 f32: partials ~45 ms, total 75 ms); this one reads rows
+    contiguously (12 ms, total 36 ms)."""
     return (
         ", compilation_info = #iree_codegen.compilation_info<"
-        "lowering_config = #iree_cpu.lowering_config<distribution = [32, 2, 1024, 0], "
-        "vector_common_parallel = [1, 2, 64, 0], vector_reduction = [0, 0, 0, 1]>, "
+        f"lowering_config = #iree_cpu.lowering_config<distribution = {[32, *k, 1024, 0]}, "
+        f"vector_common_parallel = {[1, *k, 64, 0]}, vector_reduction = {[0, *[0] * len(k), 0, 1]}>, "
         "translation_info = #iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>"
     )
 
@@ -203,10 +208,15 @@ def row_blocks(spec: Specialization, target: Target) -> tuple[int, int, int] | N
         return None
     return spec.m // rows, rows, subgroups
 
-def row_block_configs(spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int) -> dict[str, str]:
-    """Template fields of row_block_pass.mlir: each row spread over the
-    workgroup's lanes, then its subgroups, a 16-byte vector per thread
-    and step."""
+def row_block_configs(
+    spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int, sums: int
+) -> dict[str, str]:
+    """The schedule fields of a one-pass row-block dispatch and its
+    transform library (row_block_configs.mlir): each row spread over the
+    workgroup's lanes, then its subgroups, a 16-byte vector per thread and
+    step; ``sums`` column sums per block ([G, sums, N] partials: LayerNorm's
+    dbeta and dgamma, RMSNorm's dgamma), each thread holding all of them
+    for its columns."""
     lanes = target.subgroup_size
     vector = spec.vector
 
@@ -220,7 +230,7 @@ def row_block_configs(spec: Specialization, target: Target, blocks: int, rows: i
 
         return f"lane_basis = {counts(lanes)}, subgroup_basis = {counts(subgroups)}, thread = {thread}"
 
-    partial = f"{basis([0, 2, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
+    partial = f"{basis([0, sums, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
     # The textual pipeline of row_block_pipeline.py keeps the partials in
     # registers; IREE copies this op's config to every op of the dispatch,
     # and its lowering_strategy (row_block_configs.mlir) gives each op its own.
@@ -230,12 +240,20 @@ def row_block_configs(spec: Specialization, target: Target, blocks: int, rows: i
         "G": str(blocks),
         "R": str(rows),
         "ROW_BLOCK_ROW_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
-        "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 2, vector])}}}>",
+        "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, sums, vector])}}}>",
         "ROW_BLOCK_PARTIAL_TILES": f"#iree_gpu.lowering_config<{{{partial}}}>",
         "ROW_BLOCK_PARTIAL_CONFIG": compilation_info(strategy, lanes * subgroups, lanes, pipeline),
-        "PARTIALS": f"{blocks}x2x?x{spec.accumulator}",
-        "FINAL_SUMS": "column_sums_per_result.mlir",
+        "PARTIALS": f"{blocks}x{sums}x?x{spec.accumulator}",
         "PARTIAL_SUM_CONFIG": partial_sum_config(spec, lanes, blocks),
+    }
+
+
+def row_block_fields(spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int) -> dict[str, str]:
+    """Template fields of row_block_pass.mlir: the row-block schedule with
+    two column sums, and LayerNorm's own choices."""
+    return {
+        **row_block_configs(spec, target, blocks, rows, subgroups, sums=2),
+        "FINAL_SUMS": "column_sums_per_result.mlir",
         # 16-bit rows of >= 4096 elements (one or two rows in flight per
         # SM): X and the statistics enter the first row sum so that a row's
         # loads are issued together (row_block_pass.mlir). Elsewhere it
@@ -248,10 +266,11 @@ def row_block_configs(spec: Specialization, target: Target, blocks: int, rows: i
     }
 
 def partial_sum_config(spec: Specialization, lanes: int, blocks: int) -> str:
-    """Schedule for the two sums of [G, N] partials in
-    column_sums_per_result.mlir, iterated (c, g): up to 8 subgroups split
-    the G rows, each thread reading one 16-byte vector of columns per row;
-    "" (IREE's choice) when G or N does not split evenly."""
+    """Schedule for a final sum of [G, N] partials (each sum of
+    column_sums_per_result.mlir, rmsnorm_row_block_pass.mlir's one),
+    iterated (c, g): up to 8 subgroups split the G rows, each thread
+    reading one 16-byte vector of columns per row; "" (IREE's choice) when
+    G or N does not split evenly."""
     vector = 16 // ITEMSIZE[spec.accumulator]
     subgroups = next((s for s in (8, 4, 2, 1) if blocks % (lanes * s) == 0), None)
     if subgroups is None or spec.n is None or spec.n % vector:
@@ -301,7 +320,7 @@ def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
     fields = common_fields()
     one_pass = row_blocks(spec, target)
     if one_pass is not None:
-        fields.update(row_block_configs(spec, target, *one_pass))
+        fields.update(row_block_fields(spec, target, *one_pass))
         fields.update(GRADIENT_PASSES="row_block_pass.mlir", STATS_BARRIER=stats_barrier(spec, True))
         return fields
     configs = row_configs(spec, target)
@@ -327,19 +346,24 @@ def column_sums_fields(spec: Specialization, target: Target) -> dict[str, str]:
         COLUMN_SUMS="column_sums_blocked.mlir",
         G=str(blocks[0]),
         R=str(blocks[1]),
-        PARTIAL_CONFIG=partial_config(spec, target, blocks[1]),
+        PARTIAL_CONFIG=partial_config(spec, target, blocks[1], sums=2),
         FINAL_SUMS="column_sums_per_result.mlir" if per_result else "column_sums_joint.mlir",
         PARTIAL_SUM_CONFIG=final_config,
         **layout,
     )
 
 
-def backward_library(spec: Specialization, target: Target) -> str:
-    """The one-pass backward's per-op lowering configs (row_block_configs.mlir), or "" for two passes."""
+def row_block_library(spec: Specialization, target: Target, sums: int) -> str:
+    """A one-pass backward's per-op lowering configs (row_block_configs.mlir)
+    for ``sums`` column sums, or "" where row_blocks keeps two passes."""
     one_pass = row_blocks(spec, target)
     if one_pass is None:
         return ""
-    return render("row_block_configs.mlir", {**spec.fields(), **common_fields(), **row_block_configs(spec, target, *one_pass)})
+    return render("row_block_configs.mlir", {**spec.fields(), **row_block_configs(spec, target, *one_pass, sums=sums)})
+
+
+def backward_library(spec: Specialization, target: Target) -> str:
+    return row_block_library(spec, target, sums=2)
 
 
 _DY, _X = Arg("dy", Role.ROWS), Arg("x", Role.ROWS)
