@@ -231,7 +231,10 @@ class ArtifactStore:
             )
         stale = [f"{directory}: {reason}" for directory, reason in rejected if not reason.startswith("absent")]
         path = self.build(spec, target, self.cache_dir, replaces=stale)
-        return path, check_artifact(path, spec, target)
+        try:
+            return path, check_artifact(path, spec, target)
+        except RejectedArtifact as e:  # changed on disk between its write and this read
+            raise ArtifactNotFoundError(f"{path}, just built for {spec.stem} on {target.name}, was rejected: {e}") from None
 
     @staticmethod
     def build(spec: Specialization, target: Target, out_dir: Path, replaces=()) -> Path:

@@ -30,6 +30,15 @@ class CompilationError(RuntimeError):
     """iree-compile rejected a source; the message carries the numbered MLIR."""
 
 
+class CompilationTimeout(CompilationError):
+    """iree-compile did not finish in time and was killed (3.13 has hung at
+    start-up now and then, waiting on a futex with no CPU time)."""
+
+
+# Our kernels compile in 0.3-5 s; far beyond that, iree-compile is stuck.
+COMPILE_TIMEOUT_S = 300
+
+
 def compiler_version() -> str | None:
     """The installed iree-base-compiler version, or None when it is absent."""
     try:
@@ -66,7 +75,13 @@ def run_compiler(source: str, flags, what: str) -> bytes:
 
     with core.TempFileSaver.implicit() as temps:
         command = core.build_compile_command_line("-", temps, core.CompilerOptions(extra_args=list(flags)))
-        process = subprocess.run(command, input=source.encode(), capture_output=True)
+        try:
+            process = subprocess.run(command, input=source.encode(), capture_output=True, timeout=COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise CompilationTimeout(
+                f"iree-compile did not finish {what} within {COMPILE_TIMEOUT_S} s and was killed; "
+                f"command: {' '.join(command)}"
+            ) from None
     stderr = process.stderr.decode(errors="replace")
     if process.returncode != 0:
         raise CompilationError(

@@ -6,7 +6,8 @@
 // static shapes on GPUs; LayerNorm's row-block schedule with one column sum)
 // or rmsnorm_row_then_column_passes.mlir (two passes: the row dispatch with
 // ROW_ROOT_CONFIG and ROW_DX_CONFIG, hand-set GPU schedules or empty, then
-// LayerNorm's column sums, COLUMN_SUMS and its fields). Both take the row
+// the column sums COLUMN_SUMS and their fields: blocked partials of one sum
+// for static M, else LayerNorm's direct sums fed a zero mean). Both take the row
 // ops' bodies from RMS_ROW_SUM_BODY and RMS_DX_BODY (ops/rmsnorm.py).
 //
 // Math, with x_hat = x * rstd and g = gamma * dY:

@@ -1,6 +1,6 @@
   // Included by rmsnorm_backward.mlir: the row sum and dX in one dispatch (a
-  // pass over dY and X), then dgamma from LayerNorm's column sums (a second
-  // pass). Defines %dx and %dgamma_acc.
+  // pass over dY and X), then dgamma from the column sums COLUMN_SUMS (a
+  // second pass). Defines %dx and %dgamma_acc.
   %row_init = tensor.empty(%m) : tensor<?x{A}>
   %row_zero = linalg.fill ins(%zero : {A}) outs(%row_init : tensor<?x{A}>) -> tensor<?x{A}>
   // Per-row sum of g * x_hat, then dX from it: one chain that IREE fuses

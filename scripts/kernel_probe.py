@@ -95,7 +95,7 @@ def run(out: Path, result_path: Path | None):
                 raise RuntimeError(f"{variant['file']}: relative errors (dx, dgamma, dbeta) {errors} "
                                    f"exceed {TOLERANCE[dtype]}")
             variant["errors"] = errors
-        moved = bench.bytes_moved(m, n, dtype)
+        moved = bench.bytes_moved(m, n, dtype, "backward")
         for round_ in range(3):
             for variant in group:
                 use(variant)

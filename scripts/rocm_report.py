@@ -10,7 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lnbwd_iree.compiler import CompilationError
+from lnbwd_iree.compiler import CompilationTimeout
 from lnbwd_iree.kernels import DTYPES, KERNELS, Specialization
 from lnbwd_iree.rocm_report import report_rows
 from lnbwd_iree.targets import ROCM_CHIPS, Target
@@ -27,13 +27,12 @@ jobs = [
 
 
 def rows_of(spec: Specialization, target: Target) -> list[dict]:
-    """report_rows, tried twice: iree-compile 3.13 has hung at start-up here
-    now and then (no CPU time, waiting on a futex), one spec in a few
-    hundred; killing that process fails its compile, which the second try
-    repeats."""
+    """report_rows, tried again after a compile that hung: iree-compile 3.13
+    has hung at start-up here now and then (no CPU time, waiting on a
+    futex), one spec in a few hundred; a rejected source is not retried."""
     try:
         return report_rows(spec, target)
-    except CompilationError as e:
+    except CompilationTimeout as e:
         print(f"retrying {spec.stem} for {target.name}: {str(e).splitlines()[0]}", file=sys.stderr)
         return report_rows(spec, target)
 

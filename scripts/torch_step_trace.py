@@ -4,9 +4,12 @@ IREE's kernels too: both use the device's primary context).
 
 For each shape and dtype: steps of y = module(x); y.backward(dy), warmed up,
 then a few profiled. The runtime's pieces are wrapped in record_function
-ranges (iree.sync: torch stream synchronize; iree.invoke: the VM call that
-queues the work; iree.wait: the host wait for it), so the printed timeline of
-one step shows where the host waits and where the GPU idles.
+ranges (iree.sync: torch stream synchronize; iree.call: validation, plan
+and submission; iree.submit: the VM invoke that queues the work and, inside
+it, iree.wait: the host wait for it), so the printed timeline of
+one step shows where the host waits and where the GPU idles. The step
+medians it prints rotate three inputs (under 2x L2 at 4096x1024): they are
+diagnostic; benchmarks/torch_layernorm_cuda.* are the measured figures.
 
 python scripts/torch_step_trace.py --shape 4096x1024 --shape 8192x4096 --dtype f32 --dtype bf16
 """

@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from lnbwd_iree import LayerNormKernels
+from lnbwd_iree import LayerNormKernels, compiler
 from lnbwd_iree.reference import TOLERANCE  # noqa: F401  (error bounds per dtype, for the test modules)
 
 # (driver, backend) pairs; GPU ones are skipped where no such device exists.
@@ -79,3 +79,11 @@ def rng():
     seed = int(np.random.SeedSequence().entropy % 2**32)
     print(f"seed={seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def iree_compiler():
+    """For tests that compile: skipped where iree-base-compiler is absent (the
+    GPU machine runs the suite with the runtime alone)."""
+    if compiler.compiler_version() is None:
+        pytest.skip("iree-base-compiler is not installed")

@@ -153,10 +153,11 @@ def test_png_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch, ca
             raise ImportError("no matplotlib here")
         return real_import(name, *args, **kwargs)
 
+    (tmp_path / "out.png").write_bytes(b"an earlier run's plot")
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    assert main(bench_args(tmp_path, "--impl", "numpy")) == 0
+    assert main(bench_args(tmp_path, "--impl", "numpy", "--force")) == 0
     assert "matplotlib is not installed: no out.png" in capsys.readouterr().out
-    assert not (tmp_path / "out.png").exists()
+    assert not (tmp_path / "out.png").exists()  # not left beside tables it does not show
 
 
 def test_torch_without_the_gpu_skips_the_peers_with_a_note(monkeypatch):
@@ -193,7 +194,7 @@ def test_rotation_exceeds_twice_the_l2():
 
 
 def test_bytes_moved_floors():
-    assert bench.bytes_moved(8192, 4096, "f32") == 3 * 8192 * 4096 * 4 + 3 * 4096 * 4 + 2 * 8192 * 4
+    assert bench.bytes_moved(8192, 4096, "f32", "backward") == 3 * 8192 * 4096 * 4 + 3 * 4096 * 4 + 2 * 8192 * 4
     assert bench.bytes_moved(8192, 4096, "bf16", "forward") == 2 * 8192 * 4096 * 2 + 2 * 4096 * 2 + 2 * 8192 * 4
     with pytest.raises(ValueError, match="op must be"):
         bench.bytes_moved(1, 1, "f32", "sideways")
@@ -341,3 +342,28 @@ def test_a_kernel_bench_cannot_time_is_refused_with_the_reason():
     rows_last = Kernel("layernorm_forward", (Entry("layernorm_forward", (gamma, x), (y,)),), lambda spec, target: {})
     with pytest.raises(ValueError, match="ROWS inputs, which must come first"):
         bench.TimedOp("layernorm", rows_last)
+
+
+def test_an_implementation_missing_an_output_fails_its_check(tmp_path, monkeypatch, capsys):
+    """The float64 check compares every output: one left out is a failure, not a pass on the rest."""
+    original = peers.numpy_math
+
+    def without_dbeta(case):
+        math = original(case)
+        return lambda *inputs: math(*inputs)[:-1]
+
+    monkeypatch.setattr(peers, "numpy_math", without_dbeta)
+    assert main(bench_args(tmp_path, "--impl", "numpy")) == 1
+    (row,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert not row["correct"] and "returned 2 outputs, the reference 3" in row["error"]
+
+
+def test_a_peer_without_the_kernel_is_left_out_with_a_note(tmp_path, monkeypatch, capsys):
+    def lacks(case):
+        raise NotImplementedError(f"numpy: has no {case.op.kernel.name}")
+
+    monkeypatch.setattr(runner, "numpy_candidates", lacks)
+    assert main(bench_args(tmp_path, "--impl", "numpy", "--impl", "iree_static")) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert [r["impl"] for r in report["results"]] == ["iree_static"]
+    assert "numpy: has no layernorm_backward" in report["notes"]

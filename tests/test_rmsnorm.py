@@ -225,9 +225,9 @@ def test_kernel_declarations_are_checked():
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
-def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path):
-    """The one-pass dispatch's PTX loads gamma once and each row's dY, X and
-    rstd once (16-byte vectors; the read-only .nc path), never loads the
+def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path, iree_compiler):
+    """The one-pass dispatch's PTX loads gamma once and each row's dY and X
+    once (16-byte vectors; the read-only .nc path), never loads the
     partials, and stores them once, after the row loop: they stay in
     registers across it. (Without the pipeline's forall-to-for they are
     zeroed in memory first and stored at every row step.)"""
@@ -259,7 +259,7 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path):
     [("f32", (8192, 4096)), ("bf16", (16384, 8192)), ("bf16", (4096, 16384)), ("f16", (65536, 768))],
     ids=str,
 )
-def test_gfx942_backward_does_not_spill(dtype, shape):
+def test_gfx942_backward_does_not_spill(dtype, shape, iree_compiler):
     """One pass (8192x4096, 16384x8192) and two passes (rows of 16384; 768
     bf16/f16 columns do not fill wave64 steps) on MI300X: no spills, no scratch."""
     from lnbwd_iree.rocm_report import kernel_resources

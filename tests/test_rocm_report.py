@@ -26,7 +26,7 @@ GFX942 = Target("rocm", "gfx942", ("hip",))
     ],
     ids=lambda s: s.stem,
 )
-def test_gfx942_kernels_do_not_spill(spec):
+def test_gfx942_kernels_do_not_spill(spec, iree_compiler):
     kernels = kernel_resources(spec, GFX942)
     assert kernels, "no kernels found in the dumped assembly"
     for k in kernels:

@@ -107,7 +107,7 @@ def role_dtypes(dtype: str) -> dict:
     return {Role.ROWS: STORAGE_DTYPES[dtype], Role.COLUMNS: STORAGE_DTYPES[dtype], Role.ROW_STATS: STATS_DTYPES[dtype]}
 
 
-def bytes_moved(m: int, n: int, dtype: str, op: str = "backward") -> int:
+def bytes_moved(m: int, n: int, dtype: str, op: str) -> int:
     """Bytes an implementation must move (docs/performance.md, Floors): each
     argument of the op's entry point read or written once. LayerNorm's
     backward: dY, X read and dX written, gamma read, dgamma, dbeta written,

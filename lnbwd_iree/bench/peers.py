@@ -273,7 +273,7 @@ class LigerPeer:
         make = {"layernorm_backward": self.layernorm_backward, "layernorm_forward": self.layernorm_forward,
                 "rmsnorm_backward": self.rmsnorm_backward, "rmsnorm_forward": self.rmsnorm_forward}
         if case.op.kernel.name not in make:
-            raise NotImplementedError(f"liger has no {case.op.kernel.name} here")
+            raise NotImplementedError(f"liger: has no {case.op.kernel.name}")
         what, fn = make[case.op.kernel.name](case)
         return [self.peers.candidate(case, f"liger-kernel {self.version} {what}", fn)]
 

@@ -137,4 +137,6 @@ def write_report(report: dict, stem: Path, log=print) -> list[Path]:
     if png is not None:
         atomic_write(png_path, png)
         paths.append(png_path)
+    else:
+        png_path.unlink(missing_ok=True)  # an earlier run's plot would no longer match the tables
     return paths

@@ -77,8 +77,15 @@ def check(prepare, case: Case, row: dict) -> list[tuple[Candidate, float]]:
     all of them if all are within the tolerance, else none (``row`` says why)."""
     checked = []
     try:
-        for candidate in prepare(case):
+        candidates = prepare(case)
+    except NotImplementedError as e:  # a peer without this kernel: not compared, not a failure
+        row["unsupported"] = str(e)
+        return []
+    try:
+        for candidate in candidates:
             outputs = candidate.check()
+            if len(outputs) != len(case.want):
+                raise ValueError(f"{candidate.build} returned {len(outputs)} outputs, the reference {len(case.want)}")
             error = max(relative_error(np.asarray(o, np.float64).reshape(w.shape), w)
                         for o, w in zip(outputs, case.want))
             row.update(build=candidate.build, max_rel_error=error)
@@ -169,7 +176,10 @@ class Bench:
             timed = [(c, e, s) for (i, c, e), s in zip(checked, samples) if i == impl]
             if timed:
                 add_timing(row, timed, moved, self.copy_gbps)
-        return list(rows.values())
+        for row in rows.values():
+            if "unsupported" in row and row["unsupported"] not in self.notes:
+                self.notes.append(row["unsupported"])
+        return [row for row in rows.values() if "unsupported" not in row]
 
 
 def log_row(log, row: dict) -> None:
