@@ -88,7 +88,12 @@ for step in "$@"; do
     overhead)
       python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
     profile)
-      ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/profile_dispatches.py" "${PROFILE_SHAPE:-8192x4096}" "${PROFILE_DTYPE:-f32}" 2>&1 \
-        | grep -E "layernorm|gpu__time_duration" | tee "$OUT/ncu_${PROFILE_SHAPE:-8192x4096}_${PROFILE_DTYPE:-f32}.log" | tail -20 ;;
+      # ncu per-dispatch times; PROFILE_CASES: space-separated SHAPE:DTYPE:NORM.
+      for case in ${PROFILE_CASES:-8192x4096:f32:layernorm}; do
+        IFS=: read -r shape dtype norm <<< "$case"
+        echo "== $shape $dtype $norm" | tee -a "$OUT/ncu.log"
+        ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/profile_dispatches.py" "$shape" "$dtype" "$norm" 2>&1 \
+          | grep -E "dispatch|gpu__time_duration" | tee -a "$OUT/ncu.log" | tail -40
+      done ;;
   esac
 done
