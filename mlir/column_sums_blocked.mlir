@@ -45,5 +45,5 @@
     %sum = arith.addf %acc, %term : {A}
     linalg.yield %sum : {A}
   } -> tensor<{PARTIALS}>
-  // The sum of the {G} partials: column_sums_per_result.mlir or column_sums_joint.mlir.
+  // The sum of the {G} partials: column_sums_two_results.mlir or column_sums_joint.mlir.
   {FINAL_SUMS}

@@ -11,7 +11,7 @@
 // static M; ROW_*_CONFIG are hand-set GPU schedules for its row dispatch, or
 // empty) or row_block_pass.mlir (one pass, for static shapes on GPUs). Both
 // blocked designs end in FINAL_SUMS, which sums the blocks' partials:
-// column_sums_per_result.mlir or column_sums_joint.mlir.
+// column_sums_two_results.mlir or column_sums_joint.mlir.
 // `%a = widen %b` / `%a = narrow %b` lines convert T to A and back, and
 // vanish when T is A; `%a = from_f32 %b` converts the f32 eps to A.
 //

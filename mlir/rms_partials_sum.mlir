@@ -1,6 +1,6 @@
   // Included by rmsnorm_row_block_pass.mlir and rms_column_sums_blocked.mlir:
   // %dgamma_acc from the {G} blocks' partial sums %dgamma_parts [G, N].
-  // PARTIAL_SUM_CONFIG, as in column_sums_per_result.mlir: threads split the
+  // PARTIAL_SUM_CONFIG, as in column_sums_two_results.mlir: threads split the
   // G rows, 16 bytes of columns each (or empty: IREE's choice).
   %col_init = tensor.empty(%n) : tensor<?x{A}>
   %col_zero = linalg.fill ins(%zero : {A}) outs(%col_init : tensor<?x{A}>) -> tensor<?x{A}>

@@ -2,7 +2,7 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [fair] [torch] [ddp] [rms] [trace] [fair-rms] [bench DTYPE...]
+# Usage: scripts/device_run.sh [tests] [fair] [torch] [ddp] [rms] [trace] [fair-rms] [probe] [gaps] [bench DTYPE...]
 #   fair: the full LayerNorm bench (every peer, backward and forward) on the seven shapes,
 #   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png};
 #   fair-rms: the same for RMSNorm, into $OUT/bench_rmsnorm_cuda_*.
@@ -75,16 +75,25 @@ for step in "$@"; do
           --impl iree_static $shapes --json "$OUT/bench_rms_base.json" --force 2>&1 | tee "$OUT/bench_rms_base.log"
       fi ;;
     flags)
-      # Runtime flag variants on three shapes, IREE only (IREE_PY_RUNTIME_FLAGS is read at import).
-      for flags in "" "--cuda_async_allocations=false" "--cuda_use_streams=false"; do
+      # Runtime flag variants, IREE only (IREE_PY_RUNTIME_FLAGS is read when the driver is created).
+      # Stream command buffers are the Python default; --cuda_use_streams=false builds a CUDA graph per call.
+      for flags in "" "--cuda_use_streams=false"; do
         echo "== runtime flags: ${flags:-default}"
-        IREE_PY_RUNTIME_FLAGS="$flags" python3 -m lnbwd_iree bench --device cuda --dtype f32 --impl iree_static \
-          --shape 8192x4096 --shape 1024x512 --shape 4096x1024 --json "/tmp/flags.json" --force | grep iree_static
+        for dtype in f32 bf16; do
+          IREE_PY_RUNTIME_FLAGS="$flags" python3 -m lnbwd_iree bench --device cuda --dtype $dtype --op both --impl iree_static \
+            --shape 8192x4096 --shape 32768x1024 --shape 4096x1024 --json "/tmp/flags.json" --force | grep iree_static
+        done
       done ;;
     trace)
       # torch.profiler timeline of the module's training step (host pieces and GPU kernels).
       python3 "$REPO/scripts/torch_step_trace.py" --shape 4096x1024 --shape 8192x4096 --dtype f32 --dtype bf16 2>&1 \
         | tee "$OUT/torch_step_trace.log" | grep -E "^==|back-to-back" ;;
+    probe)
+      # Backward variants built by scripts/kernel_probe.py into .device/probe: checked, then timed interleaved.
+      python3 "$REPO/scripts/kernel_probe.py" run "$REPO/.device/probe" "$OUT/probe.json" 2>&1 | tee "$OUT/probe.log" | grep -v "^  " ;;
+    gaps)
+      # GPU time per back-to-back call: kernels, idle inside a call, idle between calls. GAP_CASES: SHAPE:DTYPE ...
+      python3 "$REPO/scripts/gpu_gaps.py" ${GAP_CASES:-8192x4096:bf16} 2>&1 | tee "$OUT/gpu_gaps.log" ;;
     overhead)
       python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
     profile)

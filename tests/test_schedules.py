@@ -1,5 +1,7 @@
 """Which design and schedule each specialisation renders (no device needed)."""
 
+import re
+
 import pytest
 
 from lnbwd_iree import row_block_pipeline
@@ -73,23 +75,23 @@ def test_partial_sum_schedule_needs_blocks_that_split_evenly():
 
 
 @pytest.mark.parametrize(
-    "dtype, shape, target, per_result",
+    "dtype, shape, target, sliced",
     [
-        # One pass, and two passes with [G, 2, N] partials on GPUs: one scheduled op per result.
+        # One pass, and two passes with [G, 2, N] partials on GPUs: one scheduled op over both [G, N] slices.
         ("f32", (8192, 4096), CUDA, True),
         ("bf16", (8192, 4096), CUDA, True),
         ("f32", (4096, 16384), GFX942, True),
-        # [2, N, G] partials (small shapes, or G >= 512), CPUs and dynamic N: one op for both.
+        # [2, N, G] partials (small shapes, or G >= 512), CPUs and dynamic N: one op over the whole.
         ("f32", (96, 1000), CUDA, False),
         ("f32", (8192, 4096), CPU, False),
         ("f32", (8192, None), CUDA, False),
     ],
     ids=str,
 )
-def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, per_result):
+def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, sliced):
     source = Specialization(LAYERNORM_BACKWARD, dtype, *shape).source(target)
-    assert ("%dgamma_parts = tensor.extract_slice %partials" in source) == per_result
-    assert ("%col_sums = linalg.generic" in source) == (not per_result)
+    assert ("%dbeta_acc, %dgamma_acc = linalg.generic" in source) == sliced
+    assert ("%col_sums = linalg.generic" in source) == (not sliced)
 
 
 @pytest.mark.parametrize(
@@ -191,6 +193,22 @@ def _row_loop_loads_before_first_barrier(ptx: str) -> tuple[int, int]:
     body = entry[entry.index(f"\n{head}:") :]
     before = body[: body.index("bar.sync")]
     return before.count("ld.global.nc.v4"), before.count("ld.global.nc.b32")
+
+
+@pytest.mark.parametrize("shape", [(8192, 4096), (4096, 16384)], ids=str)
+def test_blocked_backward_sums_both_columns_in_one_dispatch(shape, tmp_path, iree_compiler):
+    """One pass (8192x4096) and two passes (4096x16384) end in one final-sum
+    kernel writing dbeta and dgamma (two single-result ops were two
+    launches of ~6 us each)."""
+    from lnbwd_iree import compiler
+
+    spec = Specialization(LAYERNORM_BACKWARD, "bf16", *shape)
+    compiler.compile_spec(spec, CUDA, [f"--iree-hal-dump-executable-files-to={tmp_path}"])
+    (ptx,) = tmp_path.glob("*.ptx")
+    kernels = re.findall(r"\.entry (layernorm_backward_dispatch_\w+)\(", ptx.read_text())
+    one_pass = layernorm.row_blocks(spec, CUDA) is not None
+    assert len(kernels) == (2 if one_pass else 3), kernels
+    assert sum("reduction_" + str(shape[1]) + "x" in k for k in kernels) == 1, kernels
 
 
 @pytest.mark.parametrize("dtype, loads_x_first", [("bf16", True), ("f16", True), ("f32", False)])

@@ -253,7 +253,7 @@ def row_block_fields(spec: Specialization, target: Target, blocks: int, rows: in
     two column sums, and LayerNorm's own choices."""
     return {
         **row_block_configs(spec, target, blocks, rows, subgroups, sums=2),
-        "FINAL_SUMS": "column_sums_per_result.mlir",
+        "FINAL_SUMS": "column_sums_two_results.mlir",
         # 16-bit rows of >= 4096 elements (one or two rows in flight per
         # SM): X and the statistics enter the first row sum so that a row's
         # loads are issued together (row_block_pass.mlir). Elsewhere it
@@ -267,7 +267,7 @@ def row_block_fields(spec: Specialization, target: Target, blocks: int, rows: in
 
 def partial_sum_config(spec: Specialization, lanes: int, blocks: int) -> str:
     """Schedule for a final sum of [G, N] partials (each sum of
-    column_sums_per_result.mlir, rmsnorm_row_block_pass.mlir's one),
+    column_sums_two_results.mlir, rmsnorm_row_block_pass.mlir's one),
     iterated (c, g): up to 8 subgroups split the G rows, each thread
     reading one 16-byte vector of columns per row; "" (IREE's choice) when
     G or N does not split evenly."""
@@ -337,17 +337,17 @@ def column_sums_fields(spec: Specialization, target: Target) -> dict[str, str]:
     if blocks is None:
         return {"COLUMN_SUMS": "column_sums_direct.mlir"}
     layout = partial_layout(spec, target, blocks[0])
-    # On GPUs, [G, 2, N] partials are summed by one scheduled op per
-    # result (8192x4096 bf16: IREE's own 3-D op took 15 us in 64
-    # workgroups of 32 threads); else by one op.
+    # On GPUs, [G, 2, N] partials are summed by a scheduled op over their
+    # two [G, N] slices (8192x4096 bf16: IREE's own 3-D op took 15 us in 64
+    # workgroups of 32 threads); else by one op over the whole.
     final_config = partial_sum_config(spec, target.subgroup_size, blocks[0]) if target.is_gpu else ""
-    per_result = bool(final_config) and layout["PARTIAL_INDEX"] == "(g, k, j)"
+    sliced = bool(final_config) and layout["PARTIAL_INDEX"] == "(g, k, j)"
     return dict(
         COLUMN_SUMS="column_sums_blocked.mlir",
         G=str(blocks[0]),
         R=str(blocks[1]),
         PARTIAL_CONFIG=partial_config(spec, target, blocks[1], sums=2),
-        FINAL_SUMS="column_sums_per_result.mlir" if per_result else "column_sums_joint.mlir",
+        FINAL_SUMS="column_sums_two_results.mlir" if sliced else "column_sums_joint.mlir",
         PARTIAL_SUM_CONFIG=final_config,
         **layout,
     )
