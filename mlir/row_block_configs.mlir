@@ -11,6 +11,8 @@
 // config back, finding the ops by their lnbwd_role attribute:
 //   row: the row sums and dX, ROW_BLOCK_ROW_CONFIG (a row over the workgroup's threads);
 //   zero: the partials' zero init, ROW_BLOCK_ZERO_CONFIG;
+//   terms: LayerNorm's per-row terms of those sums (ROW_BLOCK_TERMS, the
+//   whole stanza; empty for RMSNorm, whose partial sums read their inputs);
 //   partials: the block's partial column sums, ROW_BLOCK_PARTIAL_TILES;
 //   fill: the row sums' zero init, which takes no config (a unit attribute
 //   in its place reads as none).
@@ -26,6 +28,7 @@ module @lnbwd_row_block attributes {transform.with_named_sequence} {
     %partials = transform.structured.match attributes{lnbwd_role = "partials"} in %func : (!transform.any_op) -> !transform.any_op
     %partial_config = transform.param.constant {ROW_BLOCK_PARTIAL_TILES} -> !transform.any_param
     transform.annotate %partials "lowering_config" = %partial_config : !transform.any_op, !transform.any_param
+    {ROW_BLOCK_TERMS}
     %fill = transform.structured.match attributes{lnbwd_role = "fill"} in %func : (!transform.any_op) -> !transform.any_op
     transform.annotate %fill "lowering_config" : !transform.any_op
     transform.yield

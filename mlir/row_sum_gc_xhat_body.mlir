@@ -6,9 +6,9 @@
     %gamma_w = widen %gamma_s
     %centred = arith.subf %x_w, %mean_s : {A}
     %xhat = arith.mulf %centred, %rstd_s : {A}
-    %g = arith.mulf %gamma_w, %dy_w : {A}
     %mean_g = arith.mulf %sum_g, %inv_n : {A}
-    %g_c = arith.subf %g, %mean_g : {A}
+    %neg_mean_g = arith.negf %mean_g : {A}
+    %g_c = math.fma %gamma_w, %dy_w, %neg_mean_g : {A}
     %gc_xhat = arith.mulf %g_c, %xhat : {A}
     %sum = arith.addf %acc, %gc_xhat : {A}
     linalg.yield %sum : {A}

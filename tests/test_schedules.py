@@ -60,11 +60,36 @@ def test_one_pass_is_chosen_where_it_measured_faster(dtype, shape, target, expec
     source = spec.source(target)
     assert ("flow.dispatch.region" in source) == (expected is not None)
     if expected is not None:
-        blocks, rows, subgroups = expected
+        blocks, rows, subgroups, rows_per_step = layernorm.step_blocks(spec, target)
         assert blocks * rows == spec.m
-        assert f"tensor<{blocks}x{rows}x{spec.n}x{dtype}>" in source
+        assert f"tensor<{blocks}x{rows // rows_per_step}x{rows_per_step}x{spec.n}x{dtype}>" in source
         lanes = 64 if target.chip.startswith("gfx9") else 32
         assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, target, expected",
+    [
+        # (G, R, S, P): 16-bit rows of up to 512 lanes x one 16-byte vector
+        # take 4 rows per step, 512 / threads workgroups per SM (one of 512
+        # threads at 8192x4096), blocks of >= 32 rows.
+        ("bf16", (8192, 4096), CUDA, (128, 64, 16, 4)),
+        ("f16", (8192, 4096), CUDA, (128, 64, 16, 4)),
+        ("bf16", (32768, 1024), CUDA, (512, 64, 4, 4)),
+        ("bf16", (65536, 768), CUDA, (512, 128, 3, 4)),
+        ("bf16", (8192, 4096), GFX942, (256, 32, 8, 4)),
+        # Longer 16-bit rows (two vectors a lane): row_blocks' grid, 2 rows per step.
+        ("bf16", (16384, 8192), CUDA, (128, 128, 16, 2)),
+        # f32, and small M (blocks would fall under 32 rows): one row per step.
+        ("f32", (8192, 4096), CUDA, (256, 32, 8, 1)),
+        ("bf16", (4096, 1024), CUDA, (512, 8, 2, 1)),
+        ("bf16", (4096, 16384), CUDA, None),
+    ],
+    ids=str,
+)
+def test_16_bit_rows_share_a_loop_step(dtype, shape, target, expected):
+    spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
+    assert layernorm.step_blocks(spec, target) == expected
 
 
 def test_partial_sum_schedule_needs_blocks_that_split_evenly():
@@ -156,7 +181,6 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, shape, target):
     into an scf.for (forall-to-for after the serial tiling level), and its
     transform library gives each op back the config IREE overwrote."""
     spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
-    blocks, rows, subgroups = layernorm.row_blocks(spec, target)
     source, library = spec.source(target), spec.transform_library(target)
     passes = row_block_pipeline.PASSES
     serial = next(i for i, p in enumerate(passes) if "tiling-level=serial" in p)
@@ -164,10 +188,11 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, shape, target):
     assert passes[0] == "iree-codegen-lowering-config-interpreter"
     assert f'#iree_codegen.pass_pipeline<"{row_block_pipeline.PIPELINE}">' in source
     assert 'lowering_strategy = "lnbwd_row_block_configs"' in source
-    for role in ("fill", "row", "zero", "partials"):
+    for role in ("fill", "row", "zero", "terms", "partials"):
         assert f'lnbwd_role = "{role}"' in source and f'lnbwd_role = "{role}"' in library
     vector = spec.vector
-    assert f"thread = [0, 0, {vector}]" in library and f"thread = [0, 2, {vector}, 0]" in library
+    # Row ops over (g, r, p, j); the terms and their partial sums over (g, k, j, r, p).
+    assert f"thread = [0, 0, 0, {vector}]" in library and f"thread = [0, 2, {vector}, 0, 0]" in library
     assert "lowering_strategy" not in library  # the restored configs do not re-apply it
 
 
@@ -183,16 +208,16 @@ def test_two_passes_need_no_transform_library(dtype, shape, target):
     assert "pass_pipeline" not in spec.source(target)
 
 
-def _row_loop_loads_before_first_barrier(ptx: str) -> tuple[int, int]:
-    """(vector loads, scalar loads) of global memory in the one-pass
-    dispatch's row loop before its first barrier: the loop head is the label
-    that the entry block's unconditional branch enters."""
+def _row_loop_loads_before_first_barrier(ptx: str) -> int:
+    """Global loads in the one-pass dispatch's step loop before its first
+    barrier: the loop head is the label that the entry block's
+    unconditional branch enters."""
     entry = ptx[ptx.index(".entry layernorm_backward_dispatch_0_") :]
     entry = entry[: entry.index("\n}\n")]
     head = entry.split("bra.uni", 1)[1].split(";", 1)[0].strip()
     body = entry[entry.index(f"\n{head}:") :]
     before = body[: body.index("bar.sync")]
-    return before.count("ld.global.nc.v4"), before.count("ld.global.nc.b32")
+    return before.count("ld.global.nc.")
 
 
 @pytest.mark.parametrize("shape", [(8192, 4096), (4096, 16384)], ids=str)
@@ -213,19 +238,20 @@ def test_blocked_backward_sums_both_columns_in_one_dispatch(shape, tmp_path, ire
 
 @pytest.mark.parametrize("dtype, loads_x_first", [("bf16", True), ("f16", True), ("f32", False)])
 def test_one_pass_loads_a_16_bit_row_before_its_first_reduction(dtype, loads_x_first, tmp_path, iree_compiler):
-    """On 16-bit data each row step issues all of its dY and X vector loads
-    and its mean and rstd before the first workgroup reduction's barrier, so
-    they are in flight together (before change 33, X was loaded after the
-    first row sum: two memory latencies per row in sequence). f32 keeps the
-    old order, which measured as fast or faster."""
+    """On 16-bit data each step issues the dY and X vector loads of all its
+    rows and their mean and rstd (one load each) before the first workgroup
+    reduction's barrier, so they are in flight together (before change 33,
+    X was loaded after the first row sum: two memory latencies per row in
+    sequence). f32 keeps the old order, which measured as fast or faster:
+    only dY before the barrier."""
     from lnbwd_iree import compiler
 
     spec = Specialization(LAYERNORM_BACKWARD, dtype, 8192, 4096)
-    blocks, rows, subgroups = layernorm.row_blocks(spec, CUDA)
+    blocks, rows, subgroups, rows_per_step = layernorm.step_blocks(spec, CUDA)
     compiler.compile_spec(spec, CUDA, [f"--iree-hal-dump-executable-files-to={tmp_path}"])
     (ptx,) = tmp_path.glob("*.ptx")
-    per_tensor = 4096 // (32 * subgroups * spec.vector)
-    expected = (2 * per_tensor, 2) if loads_x_first else (per_tensor, 0)
+    per_row = 4096 // (32 * subgroups * spec.vector)  # 16-byte loads of a row's dY
+    expected = 2 * rows_per_step * per_row + 2 if loads_x_first else per_row
     assert _row_loop_loads_before_first_barrier(ptx.read_text()) == expected
 
 

@@ -170,9 +170,10 @@ def forward_configs(spec: Specialization, target: Target, subgroups: int, step: 
     }
 
 def row_blocks(spec: Specialization, target: Target) -> tuple[int, int, int] | None:
-    """(G, R, S) when the backward runs as one pass over dY and X
-    (row_block_pass.mlir): G workgroups of S subgroups, each walking R
-    rows; None for the two-pass design.
+    """(G, R, S) when the backward runs as one pass over dY and X, one row
+    per loop step (RMSNorm's rmsnorm_row_block_pass.mlir; LayerNorm's
+    step_blocks starts from it): G workgroups of S subgroups, each walking
+    R rows; None for the two-pass design.
 
     Each lane holds 16 elements of a row (four 16-byte f32 vectors, two
     of 16-bit data) and its columns' fp32 partial sums (32 registers)
@@ -208,29 +209,75 @@ def row_blocks(spec: Specialization, target: Target) -> tuple[int, int, int] | N
         return None
     return spec.m // rows, rows, subgroups
 
+def step_blocks(spec: Specialization, target: Target) -> tuple[int, int, int, int] | None:
+    """(G, R, S, P) of LayerNorm's one pass (row_block_pass.mlir): row_blocks'
+    G workgroups of S subgroups walking R rows, P rows per loop step; None
+    for two passes.
+
+    The block's fp32 partials and gamma take about 3 registers per column
+    of a lane, a row's dY and X 2 more per row in the step: one row per
+    step leaves an SM one or two 16-bit rows of N >= 4096 in flight at
+    ~115 registers, 2-4 rows per step share the partials (16-bit only:
+    f32 rows already carry twice the bytes, 90-95% of copy). Rows of up to
+    512 lanes x one 16-byte vector take 4 rows per step, ~127 registers
+    (sm_90; gfx942 162 VGPRs), so 512 / threads workgroups per SM/CU, and
+    the grid is that many per SM/CU, rounded down to a power of two, with
+    blocks of >= 32 rows (large M only); longer rows (two vectors a lane)
+    take 2 rows per step on row_blocks' grid. Measured on the H100 (bf16,
+    docs/performance.md change 40): 8192x4096 99.4 -> 91.2 us,
+    16384x8192 366 -> 339, 32768x1024 88.5 -> 85.8, 65536x768 139.4 -> 133.6."""
+    base = row_blocks(spec, target)
+    if base is None or ITEMSIZE[spec.dtype] != 2:
+        return None if base is None else (*base, 1)
+    lanes = target.subgroup_size
+    per_subgroup = lanes * spec.vector
+    subgroups = spec.n // per_subgroup
+    if spec.n % per_subgroup == 0 and lanes * subgroups <= 512:
+        per_unit = max(1, 512 // (lanes * subgroups))
+        grid = 1 << int(math.log2(target.compute_units * per_unit))
+        if spec.m % (grid * 32) == 0:
+            return grid, spec.m // grid, subgroups, 4
+        return (*base, 1)
+    blocks, rows, subgroups = base
+    return (blocks, rows, subgroups, 2) if rows % 2 == 0 else (*base, 1)
+
+
 def row_block_configs(
-    spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int, sums: int
+    spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int, sums: int,
+    rows_per_step: int | None = None,
 ) -> dict[str, str]:
     """The schedule fields of a one-pass row-block dispatch and its
     transform library (row_block_configs.mlir): each row spread over the
     workgroup's lanes, then its subgroups, a 16-byte vector per thread and
     step; ``sums`` column sums per block ([G, sums, N] partials: LayerNorm's
     dbeta and dgamma, RMSNorm's dgamma), each thread holding all of them
-    for its columns."""
+    for its columns. ``rows_per_step``: LayerNorm's design
+    (row_block_pass.mlir: rows as [G, R / P, P, N], row ops over
+    (g, r, p, j), the per-row terms and their partial sums over
+    (g, k, j, r, p)); None: RMSNorm's, one row per step (row ops over
+    (g, r, j), partial sums over (g, k, j, r))."""
     lanes = target.subgroup_size
     vector = spec.vector
 
-    def basis(thread: list[int]) -> str:
-        # Dim 2 is the column j in all three iteration spaces: (g, r, j),
-        # (g, k, j) and (g, k, j, r).
+    def basis(thread: list[int], column: int) -> str:
         def counts(n: int) -> str:
             values = [1] * len(thread)
-            values[2] = n
+            values[column] = n
             return f"[{values}, {list(range(len(thread)))}]"
 
         return f"lane_basis = {counts(lanes)}, subgroup_basis = {counts(subgroups)}, thread = {thread}"
 
-    partial = f"{basis([0, sums, vector, 0])}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
+    # The column j is dim 2 of (g, k, j, ...) and the last dim of the row ops.
+    if rows_per_step is None:
+        row = basis([0, 0, vector], 2)
+        partial = f"{basis([0, sums, vector, 0], 2)}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
+        terms = ""
+        steps = {}
+    else:
+        row = basis([0, 0, 0, vector], 3)
+        partial = f"{basis([0, sums, vector, 0, 0], 2)}, serial = [0, 0, 0, 1, 0], workgroup = [1, 0, 0, 0, 0]"
+        terms = f"#iree_gpu.lowering_config<{{{basis([0, sums, vector, 0, 0], 2)}}}>"
+        steps = {"P": str(rows_per_step), "STEPS": str(rows // rows_per_step)}
     # The textual pipeline of row_block_pipeline.py keeps the partials in
     # registers; IREE copies this op's config to every op of the dispatch,
     # and its lowering_strategy (row_block_configs.mlir) gives each op its own.
@@ -239,8 +286,10 @@ def row_block_configs(
     return {
         "G": str(blocks),
         "R": str(rows),
-        "ROW_BLOCK_ROW_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, 0, vector])}}}>",
-        "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, sums, vector])}}}>",
+        **steps,
+        "ROW_BLOCK_ROW_CONFIG": f"#iree_gpu.lowering_config<{{{row}}}>",
+        "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, sums, vector], 2)}}}>",
+        "ROW_BLOCK_TERMS": terms_stanza(terms) if terms else "",
         "ROW_BLOCK_PARTIAL_TILES": f"#iree_gpu.lowering_config<{{{partial}}}>",
         "ROW_BLOCK_PARTIAL_CONFIG": compilation_info(strategy, lanes * subgroups, lanes, pipeline),
         "PARTIALS": f"{blocks}x{sums}x?x{spec.accumulator}",
@@ -248,11 +297,23 @@ def row_block_configs(
     }
 
 
-def row_block_fields(spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int) -> dict[str, str]:
+def terms_stanza(config: str) -> str:
+    """row_block_configs.mlir's lines that give the "terms" op ``config``."""
+    return (
+        '%terms = transform.structured.match attributes{lnbwd_role = "terms"} in %func'
+        " : (!transform.any_op) -> !transform.any_op\n"
+        f"    %terms_config = transform.param.constant {config} -> !transform.any_param\n"
+        '    transform.annotate %terms "lowering_config" = %terms_config : !transform.any_op, !transform.any_param'
+    )
+
+
+def row_block_fields(
+    spec: Specialization, target: Target, blocks: int, rows: int, subgroups: int, rows_per_step: int
+) -> dict[str, str]:
     """Template fields of row_block_pass.mlir: the row-block schedule with
     two column sums, and LayerNorm's own choices."""
     return {
-        **row_block_configs(spec, target, blocks, rows, subgroups, sums=2),
+        **row_block_configs(spec, target, blocks, rows, subgroups, sums=2, rows_per_step=rows_per_step),
         "FINAL_SUMS": "column_sums_two_results.mlir",
         # 16-bit rows of >= 4096 elements (one or two rows in flight per
         # SM): X and the statistics enter the first row sum so that a row's
@@ -318,7 +379,7 @@ def forward_design(spec: Specialization, target: Target) -> dict[str, str]:
 
 def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
     fields = common_fields()
-    one_pass = row_blocks(spec, target)
+    one_pass = step_blocks(spec, target)
     if one_pass is not None:
         fields.update(row_block_fields(spec, target, *one_pass))
         fields.update(GRADIENT_PASSES="row_block_pass.mlir", STATS_BARRIER=stats_barrier(spec, True))
@@ -354,7 +415,7 @@ def column_sums_fields(spec: Specialization, target: Target) -> dict[str, str]:
 
 
 def row_block_library(spec: Specialization, target: Target, sums: int) -> str:
-    """A one-pass backward's per-op lowering configs (row_block_configs.mlir)
+    """RMSNorm's one-pass per-op lowering configs (row_block_configs.mlir)
     for ``sums`` column sums, or "" where row_blocks keeps two passes."""
     one_pass = row_blocks(spec, target)
     if one_pass is None:
@@ -363,7 +424,13 @@ def row_block_library(spec: Specialization, target: Target, sums: int) -> str:
 
 
 def backward_library(spec: Specialization, target: Target) -> str:
-    return row_block_library(spec, target, sums=2)
+    """LayerNorm's one-pass per-op lowering configs, or "" for two passes."""
+    one_pass = step_blocks(spec, target)
+    if one_pass is None:
+        return ""
+    blocks, rows, subgroups, rows_per_step = one_pass
+    configs = row_block_configs(spec, target, blocks, rows, subgroups, sums=2, rows_per_step=rows_per_step)
+    return render("row_block_configs.mlir", {**spec.fields(), **configs})
 
 
 _DY, _X = Arg("dy", Role.ROWS), Arg("x", Role.ROWS)
