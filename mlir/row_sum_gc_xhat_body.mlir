@@ -7,8 +7,8 @@
     %centred = arith.subf %x_w, %mean_s : {A}
     %xhat = arith.mulf %centred, %rstd_s : {A}
     %mean_g = arith.mulf %sum_g, %inv_n : {A}
-    %neg_mean_g = arith.negf %mean_g : {A}
-    %g_c = math.fma %gamma_w, %dy_w, %neg_mean_g : {A}
+    // %g_c = gamma * dY - mean_g
+    {GC_TERM}
     %gc_xhat = arith.mulf %g_c, %xhat : {A}
     %sum = arith.addf %acc, %gc_xhat : {A}
     linalg.yield %sum : {A}

@@ -220,6 +220,17 @@ def _row_loop_loads_before_first_barrier(ptx: str) -> int:
     return before.count("ld.global.nc.")
 
 
+@pytest.mark.parametrize("dtype, fused", [("bf16", True), ("f16", True), ("f32", False), ("f64", False)])
+@pytest.mark.parametrize("shape", [(8192, 4096), (4096, 16384)], ids=str)
+def test_16_bit_backward_takes_gamma_dy_as_fma_operands(dtype, fused, shape):
+    """16-bit data: dX's and the second row sum's gamma * dY are fma
+    operands (fewer registers with several rows a step); f32 and f64 keep
+    products then differences, which measured faster in f32."""
+    source = Specialization(LAYERNORM_BACKWARD, dtype, *shape).source(CPU if dtype == "f64" else CUDA)
+    assert source.count("math.fma %gamma_w, %dy_w") == (2 if fused else 0)
+    assert ("%t0 = arith.subf %g, %mean_g" in source) == (not fused)
+
+
 @pytest.mark.parametrize("shape", [(8192, 4096), (4096, 16384)], ids=str)
 def test_blocked_backward_sums_both_columns_in_one_dispatch(shape, tmp_path, iree_compiler):
     """One pass (8192x4096) and two passes (4096x16384) end in one final-sum

@@ -378,7 +378,17 @@ def forward_design(spec: Specialization, target: Target) -> dict[str, str]:
 
 
 def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
-    fields = common_fields()
+    # dX's and the second row sum's gamma * dY as fma operands for 16-bit
+    # data: with several rows per step it is not kept on its own (196 -> 175
+    # registers at 2 rows, sm_90), and bf16 4096x16384 (two passes) measured
+    # 297 -> 278 us; f32 measured 3-5% slower with it (docs/performance.md,
+    # change 40).
+    products = "fused" if ITEMSIZE[spec.dtype] == 2 else "separate"
+    fields = {
+        **common_fields(),
+        "GC_TERM": f"gc_term_{products}.mlir",
+        "DX_NUMERATOR": f"dx_numerator_{products}.mlir",
+    }
     one_pass = step_blocks(spec, target)
     if one_pass is not None:
         fields.update(row_block_fields(spec, target, *one_pass))
