@@ -10,7 +10,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lnbwd_iree.compiler import CompilationTimeout
 from lnbwd_iree.kernels import DTYPES, KERNELS, Specialization
 from lnbwd_iree.rocm_report import report_rows
 from lnbwd_iree.targets import ROCM_CHIPS, Target
@@ -26,19 +25,8 @@ jobs = [
 ]
 
 
-def rows_of(spec: Specialization, target: Target) -> list[dict]:
-    """report_rows, tried again after a compile that hung: iree-compile 3.13
-    has hung at start-up here now and then (no CPU time, waiting on a
-    futex), one spec in a few hundred; a rejected source is not retried."""
-    try:
-        return report_rows(spec, target)
-    except CompilationTimeout as e:
-        print(f"retrying {spec.stem} for {target.name}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return report_rows(spec, target)
-
-
 with ThreadPoolExecutor(2) as pool:
-    rows = [row for rows in pool.map(lambda job: rows_of(*job), jobs) for row in rows]
+    rows = [row for rows in pool.map(lambda job: report_rows(*job), jobs) for row in rows]
 
 out = Path(__file__).resolve().parent.parent / "benchmarks"
 (out / "rocm_report.json").write_text(json.dumps(rows, indent=1))

@@ -256,6 +256,23 @@ def test_load_returns_the_bytes_that_were_checked(store, monkeypatch):
     assert store.load(SPEC, VMVX) == good
 
 
+def test_a_compile_that_hangs_once_runs_again(monkeypatch, iree_compiler):
+    """A start-up hang is not the source's fault: the compile is run once more."""
+    run = compiler.subprocess.run
+    calls = []
+
+    def hang_first(command, **kwargs):
+        calls.append(command)
+        if len(calls) == 1:
+            raise compiler.subprocess.TimeoutExpired(command, kwargs["timeout"])
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(compiler.subprocess, "run", hang_first)
+    data = compiler.compile_spec(SPEC, VMVX)
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert data == compiler.compile_spec(SPEC, VMVX)  # the same artifact as a compile that did not hang
+
+
 def test_a_compile_that_hangs_is_killed_and_named(monkeypatch, iree_compiler):
     """iree-compile 3.13 has hung at start-up now and then: a stuck compile ends with an error, not forever."""
     monkeypatch.setattr(compiler, "COMPILE_TIMEOUT_S", 0.001)
