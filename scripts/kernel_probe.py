@@ -1,11 +1,11 @@
 """A/B probe of backward kernel variants on one GPU (docs/performance.md).
 
 Here (with the compiler):
-    kernel_probe.py build OUT LABEL DTYPE MxN [ROWS SUBGROUPS]
+    kernel_probe.py build OUT LABEL DTYPE MxN [ROWS SUBGROUPS [ROWS_PER_STEP]]
 compiles the backward for one shape into OUT/<label>_<dtype>_<MxN>.vmfb and
-records it in OUT/variants.json; ROWS and SUBGROUPS override the one-pass
-block size (M / ROWS workgroups of SUBGROUPS subgroups), else the shipped
-choice is built. Run it with another checkout first on PYTHONPATH to build
+records it in OUT/variants.json; ROWS, SUBGROUPS and ROWS_PER_STEP (default 1)
+override the one-pass design (M / ROWS workgroups of SUBGROUPS subgroups,
+ROWS_PER_STEP rows per loop step), else the shipped choice is built. Run it with another checkout first on PYTHONPATH to build
 that checkout's design as a baseline.
 
 On the device (runtime only):
@@ -29,7 +29,8 @@ from unittest import mock
 import numpy as np
 
 
-def build(out: Path, label: str, dtype: str, shape: str, rows: str | None = None, subgroups: str | None = None):
+def build(out: Path, label: str, dtype: str, shape: str, rows: str | None = None, subgroups: str | None = None,
+          rows_per_step: str = "1"):
     from lnbwd_iree import compiler
     from lnbwd_iree.kernels import LAYERNORM_BACKWARD, Specialization
     from lnbwd_iree.ops import layernorm
@@ -38,10 +39,13 @@ def build(out: Path, label: str, dtype: str, shape: str, rows: str | None = None
     m, n = (int(v) for v in shape.split("x"))
     target = target_for("cuda", "sm_80")
     spec = Specialization(LAYERNORM_BACKWARD, dtype, m, n)
-    design = layernorm.row_blocks(spec, target) if rows is None else (m // int(rows), int(rows), int(subgroups))
+    if rows is None:
+        design = layernorm.step_blocks(spec, target)
+    else:
+        design = (m // int(rows), int(rows), int(subgroups), int(rows_per_step))
     start = time.perf_counter()
-    # The block size is the only change: row_blocks answers with it.
-    with mock.patch.object(layernorm, "row_blocks", lambda _spec, _target: design):
+    # The design is the only change: step_blocks, which LayerNorm's backward asks, answers with it.
+    with mock.patch.object(layernorm, "step_blocks", lambda _spec, _target: design):
         data = compiler.compile_to_bytes(spec, target)
     out.mkdir(parents=True, exist_ok=True)
     name = f"{label}_{dtype}_{shape}.vmfb"
@@ -49,9 +53,9 @@ def build(out: Path, label: str, dtype: str, shape: str, rows: str | None = None
     index = out / "variants.json"
     variants = json.loads(index.read_text()) if index.exists() else []
     variants = [v for v in variants if v["file"] != name]
-    variants.append({"file": name, "label": label, "dtype": dtype, "m": m, "n": n, "row_blocks": design})
+    variants.append({"file": name, "label": label, "dtype": dtype, "m": m, "n": n, "step_blocks": design})
     index.write_text(json.dumps(variants, indent=1))
-    print(f"{name}: row_blocks {design}, {len(data)} bytes, {time.perf_counter() - start:.1f} s")
+    print(f"{name}: step_blocks {design}, {len(data)} bytes, {time.perf_counter() - start:.1f} s")
 
 
 def run(out: Path, result_path: Path | None):
@@ -109,7 +113,7 @@ def run(out: Path, result_path: Path | None):
             variant["best_us"] = best
             variant["pct_of_copy"] = 100 * moved / (best * 1e-6) / 1e9 / copy_gbps if copy_gbps else None
             results.append(variant)
-            print(f"{dtype:4s} {m}x{n:<6d} {variant['label']:12s} {str(variant['row_blocks']):18s} "
+            print(f"{dtype:4s} {m}x{n:<6d} {variant['label']:12s} {str(variant['step_blocks']):18s} "
                   f"{best:8.1f} us {variant['pct_of_copy'] or 0:5.1f}% rounds "
                   f"{[round(r, 1) for r in variant['rounds_us']]} max err {max(variant['errors']):.1e}", flush=True)
         state.clear()
