@@ -11,8 +11,9 @@
 // config back, finding the ops by their lnbwd_role attribute:
 //   row: the row sums and dX, ROW_BLOCK_ROW_CONFIG (a row over the workgroup's threads);
 //   zero: the partials' zero init, ROW_BLOCK_ZERO_CONFIG;
-//   terms: LayerNorm's per-row terms of those sums (ROW_BLOCK_TERMS, the
-//   whole stanza; empty for RMSNorm, whose partial sums read their inputs);
+//   terms: LayerNorm's per-row terms of those sums (ROW_BLOCK_TERMS:
+//   row_block_terms_config.mlir; empty for RMSNorm, whose partial sums read
+//   their inputs);
 //   partials: the block's partial column sums, ROW_BLOCK_PARTIAL_TILES;
 //   fill: the row sums' zero init, which takes no config (a unit attribute
 //   in its place reads as none).

@@ -271,13 +271,18 @@ def row_block_configs(
     if rows_per_step is None:
         row = basis([0, 0, vector], 2)
         partial = f"{basis([0, sums, vector, 0], 2)}, serial = [0, 0, 0, 1], workgroup = [1, 0, 0, 0]"
-        terms = ""
-        steps = {}
+        by_design = {"ROW_BLOCK_TERMS": ""}
     else:
         row = basis([0, 0, 0, vector], 3)
-        partial = f"{basis([0, sums, vector, 0, 0], 2)}, serial = [0, 0, 0, 1, 0], workgroup = [1, 0, 0, 0, 0]"
-        terms = f"#iree_gpu.lowering_config<{{{basis([0, sums, vector, 0, 0], 2)}}}>"
-        steps = {"P": str(rows_per_step), "STEPS": str(rows // rows_per_step)}
+        # The terms and their partial sums share the (g, k, j, r, p) tiles.
+        tiles = basis([0, sums, vector, 0, 0], 2)
+        partial = f"{tiles}, serial = [0, 0, 0, 1, 0], workgroup = [1, 0, 0, 0, 0]"
+        by_design = {
+            "P": str(rows_per_step),
+            "STEPS": str(rows // rows_per_step),
+            "ROW_BLOCK_TERMS": "row_block_terms_config.mlir",
+            "ROW_BLOCK_TERMS_CONFIG": f"#iree_gpu.lowering_config<{{{tiles}}}>",
+        }
     # The textual pipeline of row_block_pipeline.py keeps the partials in
     # registers; IREE copies this op's config to every op of the dispatch,
     # and its lowering_strategy (row_block_configs.mlir) gives each op its own.
@@ -286,25 +291,14 @@ def row_block_configs(
     return {
         "G": str(blocks),
         "R": str(rows),
-        **steps,
+        **by_design,
         "ROW_BLOCK_ROW_CONFIG": f"#iree_gpu.lowering_config<{{{row}}}>",
         "ROW_BLOCK_ZERO_CONFIG": f"#iree_gpu.lowering_config<{{{basis([0, sums, vector], 2)}}}>",
-        "ROW_BLOCK_TERMS": terms_stanza(terms) if terms else "",
         "ROW_BLOCK_PARTIAL_TILES": f"#iree_gpu.lowering_config<{{{partial}}}>",
         "ROW_BLOCK_PARTIAL_CONFIG": compilation_info(strategy, lanes * subgroups, lanes, pipeline),
         "PARTIALS": f"{blocks}x{sums}x?x{spec.accumulator}",
         "PARTIAL_SUM_CONFIG": partial_sum_config(spec, lanes, blocks),
     }
-
-
-def terms_stanza(config: str) -> str:
-    """row_block_configs.mlir's lines that give the "terms" op ``config``."""
-    return (
-        '%terms = transform.structured.match attributes{lnbwd_role = "terms"} in %func'
-        " : (!transform.any_op) -> !transform.any_op\n"
-        f"    %terms_config = transform.param.constant {config} -> !transform.any_param\n"
-        '    transform.annotate %terms "lowering_config" = %terms_config : !transform.any_op, !transform.any_param'
-    )
 
 
 def row_block_fields(
