@@ -1,7 +1,11 @@
-"""Where a back-to-back IREE call spends GPU time (docs/performance.md): the
-kernels' own durations, the idle time between the kernels of one call, and
-the idle time between calls, from a torch.profiler (CUPTI) trace of queued
-calls; torch eager's forward is traced the same way for comparison.
+"""Where a back-to-back IREE call spends GPU time (docs/performance.md,
+change 39): the kernels' own durations, the idle time between the kernels
+of one call, and the idle time between calls, from a torch.profiler (CUPTI)
+trace of queued calls; torch eager's forward is traced the same way for
+comparison. The gap between IREE calls it prints is the profiler's: CUPTI
+slows IREE's worker thread so much that queued calls run hundreds of us
+apart (torch's stay ~2 us apart), so the unprofiled gap is call time minus
+these kernel times.
 
 python scripts/gpu_gaps.py 8192x4096:bf16 32768x1024:f32 ...
 (reads artifacts as the runtime does: LNBWD_IREE_ARTIFACTS, else compiles)
