@@ -309,10 +309,10 @@ def row_block_fields(
     return {
         **row_block_configs(spec, target, blocks, rows, subgroups, sums=2, rows_per_step=rows_per_step),
         "FINAL_SUMS": "column_sums_two_results.mlir",
-        # 16-bit rows of >= 4096 elements (one or two rows in flight per
-        # SM): X and the statistics enter the first row sum so that a row's
-        # loads are issued together (row_block_pass.mlir). Elsewhere it
-        # measured level or slower and costs registers on gfx942.
+        # 16-bit rows of >= 4096 elements (few rows in flight per SM): X
+        # and the statistics enter the first row sum so that a step's loads
+        # are issued together (row_block_pass.mlir). Elsewhere it measured
+        # level or slower and costs registers on gfx942.
         "SUM_G_READS_X": (
             f"%load_x_first = arith.cmpf uno, %mean_s, %rstd_s : {spec.accumulator}"
             if ITEMSIZE[spec.dtype] == 2 and spec.n >= 4096
