@@ -2,7 +2,9 @@
 
 Each artifact ``<stem>_<target>.vmfb`` has a sidecar ``.vmfb.json`` recording
 everything that decides its bytes (MLIR source hash, dtype, static dims,
-target, chip, compiler version, flags) and the SHA-256 of the bytes. An
+target, chip, compiler version, flags) and the SHA-256 of the bytes; GPU
+artifacts also have their launch plan, ``<stem>_<target>.plan.json``
+(``lnbwd_iree.launch_plan``), whose SHA-256 the record holds too. An
 artifact whose record disagrees with what would be built now, or whose bytes
 do not match their hash, is stale or corrupt: it is rebuilt, never loaded.
 Files are written to a temporary name and renamed, so concurrent builders
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import compiler
+from .launch_plan import LaunchPlan
 from .specialization import Specialization
 from .targets import Target
 
@@ -32,6 +35,7 @@ CACHE_ENV = "LNBWD_IREE_CACHE"
 ARTIFACTS_ENV = "LNBWD_IREE_ARTIFACTS"
 MANIFEST = "manifest.json"
 RECORD_SUFFIX = ".json"
+PLAN_SUFFIX = ".plan.json"
 
 log = logging.getLogger("lnbwd_iree")
 
@@ -63,6 +67,7 @@ class ArtifactRecord:
     source_sha256: str
     compiler_version: str
     vmfb_sha256: str
+    plan_sha256: str | None = None  # None: the target has no launch plans
 
     @classmethod
     def read(cls, path: Path) -> "ArtifactRecord":
@@ -118,6 +123,10 @@ def record_path(vmfb: Path) -> Path:
     return vmfb.with_name(vmfb.name + RECORD_SUFFIX)
 
 
+def plan_path(vmfb: Path) -> Path:
+    return vmfb.with_name(vmfb.name.removesuffix(".vmfb") + PLAN_SUFFIX)
+
+
 def compiler_mismatch(record: ArtifactRecord) -> str | None:
     """Why ``record``'s artifact was built by another compiler than the one
     installed, or None. A runtime-only deployment cannot rebuild, so it
@@ -154,7 +163,24 @@ def check_artifact(path: Path, spec: Specialization, target: Target) -> bytes:
         raise RejectedArtifact(f"unreadable ({e.strerror or e})") from None
     if hashlib.sha256(data).hexdigest() != record.vmfb_sha256:
         raise RejectedArtifact("corrupt: its bytes do not match the SHA-256 in its record")
+    if target.has_launch_plans:
+        read_plan_bytes(path, record)
     return data
+
+
+def read_plan_bytes(vmfb: Path, record: ArtifactRecord) -> bytes:
+    """The launch plan beside ``vmfb`` where it matches ``record``, else RejectedArtifact."""
+    if record.plan_sha256 is None:
+        raise RejectedArtifact("built without a launch plan (by an older lnbwd-iree)")
+    try:
+        plan = plan_path(vmfb).read_bytes()
+    except FileNotFoundError:
+        raise RejectedArtifact(f"its launch plan {plan_path(vmfb).name} is missing") from None
+    except OSError as e:
+        raise RejectedArtifact(f"its launch plan is unreadable ({e.strerror or e})") from None
+    if hashlib.sha256(plan).hexdigest() != record.plan_sha256:
+        raise RejectedArtifact("corrupt: its launch plan does not match the SHA-256 in its record")
+    return plan
 
 
 class ArtifactNotFoundError(RuntimeError):
@@ -215,6 +241,17 @@ class ArtifactStore:
         replaced after the check is not loaded unchecked), read once."""
         return self._obtain(spec, target)[1]
 
+    def load_plan(self, spec: Specialization, target: Target) -> LaunchPlan:
+        """The launch plan of ``get``'s artifact (built when missing), read once and checked
+        against its record."""
+        if not target.has_launch_plans:
+            raise ValueError(f"{target.name} artifacts have no launch plans (only cuda and rocm ones do)")
+        path = self.get(spec, target)
+        try:
+            return LaunchPlan.from_json(read_plan_bytes(path, ArtifactRecord.read(record_path(path))))
+        except RejectedArtifact as e:  # changed on disk since it was checked
+            raise ArtifactNotFoundError(f"{path} cannot be launched directly: {e}") from None
+
     def _obtain(self, spec: Specialization, target: Target) -> tuple[Path, bytes]:
         found, data, rejected = self._first_valid(spec, target)
         if found is not None:
@@ -241,7 +278,8 @@ class ArtifactStore:
         """Compiles ``spec`` for ``target`` into ``out_dir``; logs one line with the time it took
         (and, in ``replaces``, why existing candidates were rejected)."""
         start = time.perf_counter()
-        vmfb = compiler.compile_to_bytes(spec, target)
+        artifact = compiler.compile_artifact(spec, target)
+        vmfb = artifact.vmfb
         seconds = time.perf_counter() - start
         path = Path(out_dir) / artifact_name(spec, target)
         record = ArtifactRecord(
@@ -259,9 +297,12 @@ class ArtifactStore:
             source_sha256=spec.source_hash(target),
             compiler_version=compiler.compiler_version() or "unknown",
             vmfb_sha256=hashlib.sha256(vmfb).hexdigest(),
+            plan_sha256=hashlib.sha256(artifact.plan).hexdigest() if artifact.plan is not None else None,
         )
-        # Bytes first, record second: a record never vouches for bytes not yet in place.
+        # Bytes first, record last: a record never vouches for files not yet in place.
         atomic_write(path, vmfb)
+        if artifact.plan is not None:
+            atomic_write(plan_path(path), artifact.plan)
         atomic_write(record_path(path), json.dumps(asdict(record), indent=2).encode())
         log.info(
             "compiled %s for %s in %.1f s -> %s%s", spec.stem, target.name, seconds, path,
@@ -275,7 +316,7 @@ class StoredArtifact:
     """One artifact in a folder, for listing and pruning."""
 
     path: Path  # the .vmfb (which may be missing when only its record is left)
-    size: int  # bytes of the .vmfb and its record
+    size: int  # bytes of the .vmfb, its record and its launch plan
     last_used: float  # modification time: when built, or last loaded from the cache
     record: ArtifactRecord | None  # None: no readable record, so it can never be loaded
 
@@ -295,7 +336,7 @@ class StoredArtifact:
         return self.record.purpose() + (f" (unusable: {problem})" if problem else "")
 
     def remove(self) -> None:
-        for path in (self.path, record_path(self.path)):
+        for path in (self.path, record_path(self.path), plan_path(self.path)):
             path.unlink(missing_ok=True)
 
 
@@ -308,7 +349,7 @@ def stored_artifacts(folder: str | os.PathLike) -> list[StoredArtifact]:
     names |= {p.name[: -len(RECORD_SUFFIX)] for p in folder.glob("*.vmfb" + RECORD_SUFFIX)}
     found = []
     for name in names:
-        files = [p for p in (folder / name, record_path(folder / name)) if p.exists()]
+        files = [p for p in (folder / name, record_path(folder / name), plan_path(folder / name)) if p.exists()]
         stats = [p.stat() for p in files]
         found.append(StoredArtifact(
             folder / name,

@@ -9,9 +9,11 @@ import logging
 import re
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .launch_plan import read_plan
 from .specialization import Specialization
 from .targets import Target
 
@@ -115,11 +117,27 @@ def compile_spec(spec: Specialization, target: Target, extra_args=()) -> bytes:
         return run_compiler(spec.source(target), flags, f"{spec.stem} for {target.name}")
 
 
-def compile_to_bytes(spec: Specialization, target: Target) -> bytes:
+@dataclass(frozen=True)
+class Artifact:
+    vmfb: bytes
+    plan: bytes | None  # the launch plan's JSON, for targets that have them
+
+
+def compile_artifact(spec: Specialization, target: Target) -> Artifact:
+    """``spec`` built for ``target``: its .vmfb and, where the target has
+    them, its launch plan. Those are read from the VM assembly, which is then
+    compiled on to the .vmfb: one code generation for both, and the .vmfb is
+    byte-identical to a direct compile."""
     if compiler_version() is None:
         raise RuntimeError(
             f"artifact {spec.stem} for {target.name} must be built, but iree-base-compiler is not "
             "installed: pip install 'lnbwd-iree[compile]', or point artifact_dir at a folder made by "
             "`lnbwd-iree compile --out DIR`"
         )
-    return compile_spec(spec, target)
+    if not target.has_launch_plans:
+        return Artifact(compile_spec(spec, target), None)
+    what = f"{spec.stem} for {target.name}"
+    asm = compile_spec(spec, target, ["--compile-to=vm", "--output-format=vm-asm"]).decode()
+    plan = read_plan(asm, spec.kernel.functions, what)
+    vmfb = run_compiler(asm, [*target.flags(), "--compile-from=vm"], f"{what} (from its VM assembly)")
+    return Artifact(vmfb, plan.to_json())

@@ -23,6 +23,12 @@ class Target:
     def name(self) -> str:
         return f"{self.backend}-{self.chip}"
 
+    @property
+    def has_launch_plans(self) -> bool:
+        """Whether its artifacts come with a launch plan (``lnbwd_iree.launch_plan``):
+        the backends whose kernels a caller's stream can launch directly."""
+        return self.backend in ("cuda", "rocm")
+
     def flags(self) -> tuple[str, ...]:
         # async-external: entry points take wait/signal fences, so calls can be
         # queued back to back with no host wait between them (runtime.py).

@@ -95,7 +95,7 @@ def test_artifact_dirs_are_searched_before_the_cache(tmp_path, monkeypatch):
 def test_compile_error_shows_numbered_source(monkeypatch):
     monkeypatch.setattr(Specialization, "source", lambda self, target: "func.func @f() {\n  bogus.op\n}\n")
     with pytest.raises(compiler.CompilationError, match=r"(?s)iree-compile failed on .*   2:   bogus.op"):
-        compiler.compile_to_bytes(SPEC, VMVX)
+        compiler.compile_artifact(SPEC, VMVX)
 
 
 def runtime_only(monkeypatch):
