@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 
 import numpy as np
 
@@ -18,6 +19,8 @@ def kernels_for(device: str = "local-task") -> LayerNormKernels:
 
 # Release devices and modules before interpreter teardown, not during it.
 atexit.register(kernels_for.cache_clear)
+# A forked child opens its own (runtime.py keeps the parent's, unused).
+os.register_at_fork(after_in_child=kernels_for.cache_clear)
 
 
 def as_array(name: str, value) -> np.ndarray:

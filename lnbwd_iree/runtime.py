@@ -277,8 +277,31 @@ def _signature(name: str, arrays) -> tuple | None:
     return tuple(key)
 
 
+def serving_specialization(store: ArtifactStore, target, static_shapes: bool | None, kernel: Kernel, dtype: str,
+                           shape: tuple[int, int]) -> Specialization:
+    """The artifact that serves ``kernel`` at ``shape`` [M, N] (``LayerNormKernels``'
+    ``static_shapes`` rule): the shape-specialised one (``Specialization.serving``)
+    where it is wanted and can be had, else the dynamic-shape one."""
+    static, dynamic = Specialization.serving(kernel, dtype, *shape), Specialization(kernel, dtype)
+    if static_shapes is None:
+        return static if compiler.compiler_version() is not None or store.find(static, target) else dynamic
+    return static if static_shapes else dynamic
+
+
 # Every LayerNormKernels not yet garbage-collected.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
+# After a fork, the parent's objects in the child: their devices' threads did
+# not survive the fork, so closing or freeing them could wait forever. They are
+# kept, unused, for the child's life.
+ABANDONED_AFTER_FORK: list = []
+
+
+def _forget_after_fork() -> None:
+    ABANDONED_AFTER_FORK.extend(_LIVE)
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register
@@ -373,12 +396,7 @@ class LayerNormKernels:
         """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
         key = (kernel.name, dtype, shape)
         if key not in self._specs:
-            static, dynamic = Specialization.serving(kernel, dtype, *shape), Specialization(kernel, dtype)
-            if self.static_shapes is None:
-                obtainable = compiler.compiler_version() is not None or self.store.find(static, self.target)
-                self._specs[key] = static if obtainable else dynamic
-            else:
-                self._specs[key] = static if self.static_shapes else dynamic
+            self._specs[key] = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, shape)
         return self._specs[key]
 
     def entry(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]) -> _Entry:

@@ -8,13 +8,15 @@ and ``torch.export`` treat them as single opaque ops; RMSNorm's are
 through DLPack without copies; the [N] weight and bias are imported once and
 reused while they are alive, and where each call is waited for, a call's
 other tensors are imported without ownership and reused by address
-(``Binding.borrowed``).
+(``IreeBinding.borrowed``).
 
-One IREE device serves each torch device: CPU tensors run on local-task,
-``cuda:N`` on IREE's cuda driver (the device with the same UUID), and on ROCm
-builds of torch ``cuda:N`` runs on IREE's hip driver, with one IREE device per
-(GPU, torch stream) created on that stream. How IREE's work is ordered with
-torch's is in ``HostOrdering`` and ``HipStreamOrdering``."""
+CPU tensors run on IREE's local-task. ``cuda:N`` tensors skip IREE's
+runtime: the artifact's kernels are launched from its launch plan on torch's
+current stream (``CudaBinding``), unless LNBWD_IREE_TORCH_CUDA_PATH=iree
+picks IREE's cuda driver (the device with the same UUID; ``HostOrdering``).
+On ROCm builds of torch ``cuda:N`` runs on IREE's hip driver, with one IREE
+device per (GPU, torch stream) created on that stream (``HipStreamOrdering``).
+Each binding implements ``run`` (entry, input and output tensors, scalars)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import collections
 import ctypes
 import math
 import numbers
+import os
 import threading
 
 import torch
@@ -30,15 +33,39 @@ from iree import runtime as ireert
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
+from .cache import ArtifactStore
+from .cuda_launch import CudaLauncher
 from .dtypes import TABLE
-from .runtime import DLTensor, LayerNormKernels
+from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
+from .runtime import DLTensor, LayerNormKernels, check_eps, serving_specialization
+from .specialization import Kernel, Role
+from .targets import target_for
 
 # float64 runs on CPUs only (for torch.autograd.gradcheck).
 _DTYPES = {getattr(torch, d.torch_name): d for d in TABLE.values()}
 SUPPORTED_DTYPES = tuple(_DTYPES)
-# The ops synchronise with the host (CUDA) or with IREE's queue: a CUDA graph
-# replay would skip that and IREE's submission.
-_OP_TAGS = (torch.Tag.cudagraph_unsafe,)
+# How cuda:N tensors reach the kernels (not on ROCm builds of torch):
+# "direct" (default) launches them on torch's current stream (CudaBinding),
+# "iree" goes through IREE's cuda driver (IreeBinding with HostOrdering).
+CUDA_PATH_ENV = "LNBWD_IREE_TORCH_CUDA_PATH"
+CUDA_PATHS = ("direct", "iree")
+# IREE's memory import and the kernels' vector loads need this alignment; a
+# tensor not so aligned (a view at an offset) is copied once for the call.
+ALIGNMENT = 64
+
+
+def cuda_path() -> str:
+    path = os.environ.get(CUDA_PATH_ENV, "direct")
+    if path not in CUDA_PATHS:
+        raise ValueError(f"{CUDA_PATH_ENV}={path!r}; expected one of {CUDA_PATHS}")
+    return path
+
+
+# Through IREE's runtime the ops synchronise with the host (cuda driver) or
+# with IREE's queue (hip): a CUDA graph replay would skip that and IREE's
+# submission. The direct launches are plain kernels on torch's stream, which
+# graphs capture.
+_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if torch.version.hip or cuda_path() == "iree" else ()
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -177,7 +204,7 @@ class _RecentlyUsed:
         return len(self._entries)
 
 
-class Binding:
+class IreeBinding:
     """One IREE device (its ``LayerNormKernels``) serving one torch device, how
     calls are ordered with torch's work, and the weights imported so far."""
 
@@ -246,6 +273,17 @@ class Binding:
             raise
         self.ordering.after(kernels)
 
+    def run(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict) -> None:
+        """Entry ``entry_name`` of ``kernel`` on the tensors ``inputs`` (in its
+        kernel shapes: [M, N], [N], [M]) into ``outputs``: the one launcher
+        interface that ``CudaBinding`` also implements."""
+        entry = kernel.entry(entry_name)
+        arrays = tuple(self.vector(t) if arg.role is Role.COLUMNS else self.borrowed(t)
+                       for arg, t in zip(entry.inputs, inputs))
+        out = tuple(self.borrowed(t) for t in outputs)
+        self.call(lambda: self.kernels.call(kernel, entry_name, arrays, out=out, wait=self.ordering.wait, **scalars),
+                  inputs + outputs)
+
     def vector(self, tensor: torch.Tensor) -> ireert.DeviceArray:
         """``array`` for a weight or bias, imported once. An import is the
         address range it was made from; the entry keeps ``tensor`` (so its
@@ -260,21 +298,75 @@ class Binding:
             self._vectors.put(key, entry)
         return entry[1]
 
-    def constant(self, n: int, dtype: torch.dtype, value: float, device: torch.device) -> ireert.DeviceArray:
-        """ones or zeros of length ``n`` for a LayerNorm without weight or bias (made once)."""
-        key = ("constant", n, dtype, value)
-        entry = self._vectors.get(key)
-        if entry is None:
-            tensor = torch.full((n,), value, dtype=dtype, device=device)
-            entry = (tensor, self.array(tensor))
-            self._vectors.put(key, entry)
-        return entry[1]
+
+class CudaBinding:
+    """cuda:N without IREE's runtime: each call's kernels, from the artifact's
+    launch plan, launched on torch's current stream (``CudaLauncher``). Outputs
+    and scratch come from torch's caching allocator on that stream, nothing is
+    waited for on the host, and CUDA graphs capture the launches. Artifacts
+    are found (or built) as for ``LayerNormKernels("cuda")``: the default chip's
+    PTX, specialised per shape where it can be had."""
+
+    def __init__(self, torch_device: torch.device, static_shapes: bool | None = None):
+        self.torch_device = torch_device
+        self.index = torch_device.index
+        self.launcher = CudaLauncher(self.index)
+        self.target = target_for("cuda")
+        self.store = ArtifactStore()
+        self.static_shapes = static_shapes
+        self._plans: dict = {}  # Specialization -> LaunchPlan, kept for the launcher's loaded kernels
+        self._bound: dict = {}  # (entry, dtype, M, N, scalars) -> BoundEntry
+        self._lock = threading.Lock()
+
+    def _bind(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict):
+        entry = kernel.entry(entry_name)
+        rows = inputs[0]
+        dtype = _DTYPES[rows.dtype].name
+        spec = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, tuple(rows.shape))
+        with self._lock:
+            plan = self._plans.get(spec)
+            if plan is None:
+                plan = self._plans[spec] = self.store.load_plan(spec, self.target)
+        # The VM function's arguments: inputs, scalars, outputs.
+        first_output = len(entry.inputs) + len(entry.scalars)
+        tensor_args = (*range(len(entry.inputs)), *range(first_output, first_output + len(entry.outputs)))
+        dims = {arg: tuple(t.shape) for arg, t in zip(tensor_args, inputs + outputs)}
+        values = {len(entry.inputs) + i: scalars[name] for i, name in enumerate(entry.scalars)}
+        return self.launcher.bind(plan, entry_name, dims, values, tensor_args)
+
+    def run(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict) -> None:
+        """As ``IreeBinding.run``, queued on torch's current stream of the device."""
+        rows = inputs[0]
+        key = (kernel.name, entry_name, rows.dtype, *rows.shape, *scalars.values())
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = self._bind(kernel, entry_name, inputs, outputs, scalars)
+        addresses = [t.data_ptr() for t in inputs]
+        addresses += [t.data_ptr() for t in outputs]
+        # Scratch from the caching allocator: freed here, reused only by work queued after these kernels.
+        scratch = [torch.empty(max(size, 1), dtype=torch.uint8, device=rows.device)
+                   for size in (bound.transients, *bound.allocations)]
+        addresses += [t.data_ptr() for t in scratch]
+        self.launcher.launch(bound, addresses, torch._C._cuda_getCurrentRawStream(self.index))
 
 
 _bindings: dict = {}
 _bindings_lock = threading.Lock()
 # Release IREE devices and modules before interpreter teardown, not during it.
 atexit.register(_bindings.clear)
+# The parent's bindings in a forked child: kept, never used or freed (their
+# devices' threads did not survive the fork; see runtime.ABANDONED_AFTER_FORK).
+_abandoned_after_fork: list = []
+
+
+def _forget_bindings_after_fork() -> None:
+    _abandoned_after_fork.append(dict(_bindings))
+    _bindings.clear()
+    global _bindings_lock
+    _bindings_lock = threading.Lock()  # it may have been held by another thread at the fork
+
+
+os.register_at_fork(after_in_child=_forget_bindings_after_fork)
 
 
 def _hip_runtime():
@@ -298,7 +390,7 @@ def _iree_device_info(driver: ireert.HalDriver, driver_name: str, index: int) ->
     )
 
 
-def _open_gpu(torch_device: torch.device) -> Binding:
+def _open_gpu(torch_device: torch.device) -> IreeBinding:
     index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
     if torch.version.hip:
         stream = torch.cuda.current_stream(index).cuda_stream
@@ -307,14 +399,14 @@ def _open_gpu(torch_device: torch.device) -> Binding:
         hal_device = driver.create_device(info, hip_device_params(stream))
         chip = torch.cuda.get_device_properties(index).gcnArchName.split(":")[0]
         kernels = LayerNormKernels("hip", chip=chip, hal_device=hal_device)
-        return Binding(kernels, HipStreamOrdering(stream, _hip_runtime()))
+        return IreeBinding(kernels, HipStreamOrdering(stream, _hip_runtime()))
     driver = ireert.get_driver("cuda")
     hal_device = driver.create_device(_iree_device_info(driver, "cuda", index), {})
-    return Binding(LayerNormKernels("cuda", hal_device=hal_device), HostOrdering(torch.device("cuda", index)))
+    return IreeBinding(LayerNormKernels("cuda", hal_device=hal_device), HostOrdering(torch.device("cuda", index)))
 
 
-def binding_for(torch_device: torch.device) -> Binding:
-    """The cached ``Binding`` of a torch device (and, on HIP, its current stream)."""
+def binding_for(torch_device: torch.device) -> IreeBinding | CudaBinding:
+    """The cached binding of a torch device (and, on HIP, its current stream)."""
     if torch_device.type == "cpu":
         key = ("cpu",)
     elif torch_device.type == "cuda":
@@ -328,7 +420,9 @@ def binding_for(torch_device: torch.device) -> Binding:
             binding = _bindings.get(key)
             if binding is None:
                 if key[0] == "cpu":
-                    binding = Binding(kernels_for("local-task"), HostOrdering(torch_device))
+                    binding = IreeBinding(kernels_for("local-task"), HostOrdering(torch_device))
+                elif not torch.version.hip and cuda_path() == "direct":
+                    binding = CudaBinding(torch.device("cuda", key[1]))
                 else:
                     binding = _open_gpu(torch_device)
                 _bindings[key] = binding
@@ -354,15 +448,33 @@ def _check_inputs(x: torch.Tensor, vectors: dict) -> int:
     return n
 
 
-def _vector(binding: Binding, tensor: torch.Tensor | None, n: int, dtype: torch.dtype, fill: float, device):
-    """A weight or bias in the kernel's dtype (x's), or ``fill`` where there is none."""
+_constants: dict = {}
+
+
+def _parameter(tensor: torch.Tensor | None, n: int, x: torch.Tensor, fill: float) -> torch.Tensor:
+    """A weight or bias as the kernel takes it: contiguous, in x's dtype (the
+    kernel has one storage type; torch allows e.g. bf16 x with f32 weight), or
+    ``fill`` (made once per device) where there is none."""
     if tensor is None:
-        return binding.constant(n, dtype, fill, device)
-    if tensor.dtype != dtype or not tensor.is_contiguous():
-        # Mixed dtypes as torch allows them (e.g. bf16 x, f32 weight): the kernel
-        # takes one storage type. The converted copy is new each call, so not cached.
-        return binding.array(tensor.to(dtype).contiguous())
-    return binding.vector(tensor)
+        key = (x.device, n, x.dtype, fill)
+        constant = _constants.get(key)
+        if constant is None:
+            constant = _constants[key] = torch.full((n,), fill, dtype=x.dtype, device=x.device)
+        return constant
+    return tensor.to(x.dtype).contiguous()
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (contiguous) where its memory is ALIGNMENT-aligned, else a copy that is:
+    views at an offset (slices, autograd's gradients of cat/split) are taken as torch takes them."""
+    return tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
+
+
+def _run(kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, **scalars) -> None:
+    """Entry ``entry_name`` of ``kernel`` on x's device (x: the first input), through its binding."""
+    binding = binding_for(inputs[0].device)
+    binding.run(kernel, entry_name, tuple(_aligned(t) for t in inputs), outputs,
+                {name: check_eps(value) for name, value in scalars.items()})
 
 
 def _forward_kernel(x, weight, bias, eps):
@@ -376,17 +488,9 @@ def _forward_kernel(x, weight, bias, eps):
     m = x.numel() // n
     if m == 0:
         return y, mean, rstd
-    binding = binding_for(x.device)
-    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    beta = _vector(binding, bias, n, x.dtype, 0.0, x.device)
-    binding.call(
-        lambda: binding.kernels.forward(
-            binding.borrowed(x.view(m, n)), gamma, beta, eps=eps,
-            out=(binding.borrowed(y.view(m, n)), binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m))),
-            wait=binding.ordering.wait,
-        ),
-        (x, y, mean, rstd),
-    )
+    _run(LAYERNORM_FORWARD, "layernorm_forward",
+         (x.view(m, n), _parameter(weight, n, x, 1.0), _parameter(bias, n, x, 0.0)),
+         (y.view(m, n), mean.view(m), rstd.view(m)), eps=eps)
     return y, mean, rstd
 
 
@@ -425,17 +529,9 @@ def _backward_kernel(dy, x, weight, mean, rstd):
     mean, rstd = mean.contiguous(), rstd.contiguous()
     dx = torch.empty_like(x)
     dweight, dbias = x.new_empty(n), x.new_empty(n)
-    binding = binding_for(x.device)
-    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    binding.call(
-        lambda: binding.kernels.backward(
-            binding.borrowed(dy.view(m, n)), binding.borrowed(x.view(m, n)), gamma,
-            binding.borrowed(mean.view(m)), binding.borrowed(rstd.view(m)),
-            out=(binding.borrowed(dx.view(m, n)), binding.borrowed(dweight), binding.borrowed(dbias)),
-            wait=binding.ordering.wait,
-        ),
-        (dy, x, mean, rstd, dx, dweight, dbias),
-    )
+    _run(LAYERNORM_BACKWARD, "layernorm_backward",
+         (dy.view(m, n), x.view(m, n), _parameter(weight, n, x, 1.0), mean.view(m), rstd.view(m)),
+         (dx.view(m, n), dweight, dbias))
     return dx, dweight.to(grad_dtype), dbias.to(grad_dtype)
 
 
@@ -584,15 +680,8 @@ def _rms_norm_forward_kernel(x, weight, eps):
     m = x.numel() // n
     if m == 0:
         return y, rstd
-    binding = binding_for(x.device)
-    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    binding.call(
-        lambda: binding.kernels.rmsnorm_forward(
-            binding.borrowed(x.view(m, n)), gamma, eps=eps,
-            out=(binding.borrowed(y.view(m, n)), binding.borrowed(rstd.view(m))), wait=binding.ordering.wait,
-        ),
-        (x, y, rstd),
-    )
+    _run(RMSNORM_FORWARD, "rmsnorm_forward", (x.view(m, n), _parameter(weight, n, x, 1.0)),
+         (y.view(m, n), rstd.view(m)), eps=eps)
     return y, rstd
 
 
@@ -618,15 +707,8 @@ def _rms_norm_backward_kernel(dy, x, weight, rstd):
         return torch.empty_like(x), x.new_zeros(n, dtype=grad_dtype)
     dy, x, rstd = dy.to(x.dtype).contiguous(), x.contiguous(), rstd.contiguous()
     dx, dweight = torch.empty_like(x), x.new_empty(n)
-    binding = binding_for(x.device)
-    gamma = _vector(binding, weight, n, x.dtype, 1.0, x.device)
-    binding.call(
-        lambda: binding.kernels.rmsnorm_backward(
-            binding.borrowed(dy.view(m, n)), binding.borrowed(x.view(m, n)), gamma, binding.borrowed(rstd.view(m)),
-            out=(binding.borrowed(dx.view(m, n)), binding.borrowed(dweight)), wait=binding.ordering.wait,
-        ),
-        (dy, x, rstd, dx, dweight),
-    )
+    _run(RMSNORM_BACKWARD, "rmsnorm_backward",
+         (dy.view(m, n), x.view(m, n), _parameter(weight, n, x, 1.0), rstd.view(m)), (dx.view(m, n), dweight))
     return dx, dweight.to(grad_dtype)
 
 

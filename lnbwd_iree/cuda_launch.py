@@ -1,0 +1,225 @@
+"""Launches an artifact's kernels directly on a caller's CUDA stream, from its launch plan.
+
+IREE 3.13's cuda driver runs on a stream of its own and cannot wait on or
+signal CUDA events, so a call through it synchronises the host twice. The
+kernels themselves need none of that: a launch plan (``lnbwd_iree.launch_plan``)
+says which kernels an entry point launches, with which grid, constants and
+buffers. ``CudaLauncher`` loads the plan's PTX once per device (CUDA driver API
+through ctypes: nothing to compile at install) and launches on the stream the
+caller names (torch's current stream), in order, without waiting: the
+caller's stream orders everything, as for any of its own kernels, and a CUDA
+graph capture records the launches.
+
+Kernel ABI (IREE's cuda command buffer): one 64-bit device pointer per
+binding (buffer address plus the binding's offset), then one 32-bit value per
+constant; block dims and dynamic shared memory from the executable's export."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+from .launch_plan import EntryPlan, LaunchPlan, evaluate, f32_bits
+
+_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call failed; the message names the call and the error."""
+
+
+class CudaDriver:
+    """The few CUDA driver API calls the launcher makes (libcuda through ctypes)."""
+
+    def __init__(self, library: str = "libcuda.so.1"):
+        try:
+            self.lib = ctypes.CDLL(library)
+        except OSError as e:
+            raise CudaError(f"the CUDA driver library {library} could not be loaded ({e})") from None
+        p, u, i = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int
+        self._declare("cuInit", u)
+        self._declare("cuDeviceGet", ctypes.POINTER(i), i)
+        self._declare("cuDevicePrimaryCtxRetain", ctypes.POINTER(p), i)
+        self._declare("cuCtxPushCurrent_v2", p)
+        self._declare("cuCtxPopCurrent_v2", ctypes.POINTER(p))
+        self._declare("cuCtxGetCurrent", ctypes.POINTER(p))
+        self._declare("cuModuleLoadDataEx", ctypes.POINTER(p), ctypes.c_char_p, u, ctypes.POINTER(i), ctypes.POINTER(p))
+        self._declare("cuModuleGetFunction", ctypes.POINTER(p), p, ctypes.c_char_p)
+        self._declare("cuFuncSetAttribute", p, i, i)
+        self._declare("cuLaunchKernel", p, u, u, u, u, u, u, u, p, ctypes.POINTER(p), p)
+        self._declare("cuGetErrorName", i, ctypes.POINTER(ctypes.c_char_p))
+        self.check(self.lib.cuInit(0), "cuInit")
+
+    def _declare(self, name: str, *argtypes) -> None:
+        function = getattr(self.lib, name)
+        function.argtypes = argtypes
+        function.restype = ctypes.c_int
+
+    def error_name(self, status: int) -> str:
+        name = ctypes.c_char_p()
+        if self.lib.cuGetErrorName(status, ctypes.byref(name)) == 0 and name.value:
+            return name.value.decode()
+        return f"CUresult {status}"
+
+    def check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise CudaError(f"{what} failed: {self.error_name(status)}")
+
+    def primary_context(self, ordinal: int) -> ctypes.c_void_p:
+        device, context = ctypes.c_int(), ctypes.c_void_p()
+        self.check(self.lib.cuDeviceGet(ctypes.byref(device), ordinal), f"cuDeviceGet({ordinal})")
+        self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
+        return context
+
+    def load_module(self, context, image: bytes, what: str) -> ctypes.c_void_p:
+        """``image`` (NUL-terminated PTX) loaded into ``context``, with the JIT's error log on failure."""
+        log = ctypes.create_string_buffer(8192)
+        # CU_JIT_ERROR_LOG_BUFFER = 5, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6
+        options = (ctypes.c_int * 2)(5, 6)
+        values = (ctypes.c_void_p * 2)(ctypes.cast(log, ctypes.c_void_p), ctypes.c_void_p(len(log)))
+        module = ctypes.c_void_p()
+        self.check(self.lib.cuCtxPushCurrent_v2(context), "cuCtxPushCurrent")
+        try:
+            status = self.lib.cuModuleLoadDataEx(ctypes.byref(module), image, 2, options, values)
+        finally:
+            self.lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+        if status != 0:
+            raise CudaError(f"cuModuleLoadDataEx of {what} failed: {self.error_name(status)}: "
+                            f"{log.value.decode(errors='replace').strip()}")
+        return module
+
+    def function(self, module, name: str, shared_memory: int) -> ctypes.c_void_p:
+        function = ctypes.c_void_p()
+        self.check(self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode()),
+                   f"cuModuleGetFunction({name})")
+        self.check(self.lib.cuFuncSetAttribute(function, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                               shared_memory), f"cuFuncSetAttribute({name})")
+        return function
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    name: str
+    function: ctypes.c_void_p
+    block: tuple[int, int, int]
+    shared_memory: int
+
+
+class _Launch:
+    """One dispatch of an entry at one shape: its kernel, grid and constants
+    fixed, its parameter block allocated once; the buffers' addresses are
+    written in per call. ``sources``: per binding, (buffer index, offset) where
+    the index counts the call's tensors, then the transients, then the
+    allocations."""
+
+    def __init__(self, kernel: _Kernel, grid, constants, sources):
+        self.kernel = kernel
+        self.grid = grid
+        self.sources = sources
+        count = len(sources) + len(constants)
+        self.pointers = (ctypes.c_uint64 * max(len(sources), 1))()
+        self.values = (ctypes.c_uint32 * max(len(constants), 1))(*constants)
+        size = ctypes.sizeof(ctypes.c_uint64)
+        base, values = ctypes.addressof(self.pointers), ctypes.addressof(self.values)
+        self.params = (ctypes.c_void_p * max(count, 1))(
+            *[base + size * i for i in range(len(sources))], *[values + 4 * i for i in range(len(constants))]
+        )
+        self.lock = threading.Lock()  # the parameter block is shared by the threads that launch it
+
+
+@dataclass(frozen=True)
+class BoundEntry:
+    """An entry point resolved for one call shape: what the caller allocates and what is launched."""
+
+    transients: int  # bytes
+    allocations: tuple[int, ...]  # bytes of each buffer the entry allocates
+    launches: tuple[_Launch, ...]
+
+
+class CudaLauncher:
+    """Launch plans loaded on one CUDA device (its primary context, the one
+    the CUDA runtime and torch use), launched on caller-given streams."""
+
+    def __init__(self, ordinal: int, driver: CudaDriver | None = None):
+        self.driver = driver or CudaDriver()
+        self.ordinal = ordinal
+        self.context = self.driver.primary_context(ordinal)
+        self._kernels: dict[tuple[int, str, str], _Kernel] = {}
+        self._lock = threading.Lock()
+
+    def _kernel(self, plan: LaunchPlan, executable: str, name: str) -> _Kernel:
+        key = (id(plan), executable, name)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            with self._lock:
+                kernel = self._kernels.get(key)
+                if kernel is None:
+                    loaded = {}
+                    source = plan.executables[executable]
+                    if source.format != "cuda-nvptx-fb":
+                        raise CudaError(f"executable {executable} is {source.format}, not CUDA PTX")
+                    for kernel_name, export in source.kernels.items():
+                        if export.module not in loaded:
+                            loaded[export.module] = self.driver.load_module(
+                                self.context, source.images[export.module], f"{executable}[{export.module}]")
+                        self._kernels[(id(plan), executable, kernel_name)] = _Kernel(
+                            kernel_name, self.driver.function(loaded[export.module], kernel_name, export.shared_memory),
+                            export.block, export.shared_memory,
+                        )
+                    kernel = self._kernels[key]
+        return kernel
+
+    def bind(self, plan: LaunchPlan, entry: str, dims: dict, scalars: dict, tensor_args: tuple[int, ...]) -> BoundEntry:
+        """``entry`` of ``plan`` for one call: ``dims`` maps a VM argument to its
+        tensor's shape, ``scalars`` a VM argument to its f32 value, and
+        ``tensor_args`` lists the VM arguments in the order the caller passes
+        their addresses. ``plan`` must stay alive while its kernels are used."""
+        entry_plan: EntryPlan = plan.entries[entry]
+        bits = {k: f32_bits(v) for k, v in scalars.items()}
+        transients = evaluate(entry_plan.transients_size, dims, bits)
+        allocations = tuple(evaluate(a, dims, bits, transients) for a in entry_plan.allocations)
+        index = {arg: i for i, arg in enumerate(tensor_args)}
+        launches = []
+        for dispatch in entry_plan.dispatches:
+            sources = []
+            for buffer, offset in dispatch.bindings:
+                if buffer[0] == "arg":
+                    slot = index[buffer[1]]
+                elif buffer[0] == "transients":
+                    slot = len(tensor_args)
+                else:
+                    slot = len(tensor_args) + 1 + buffer[1]
+                sources.append((slot, evaluate(offset, dims, bits, transients)))
+            grid = tuple(evaluate(g, dims, bits, transients) for g in dispatch.grid)
+            constants = [evaluate(c, dims, bits, transients) & 0xFFFFFFFF for c in dispatch.constants]
+            launches.append(_Launch(self._kernel(plan, dispatch.executable, dispatch.kernel), grid, constants, sources))
+        return BoundEntry(transients, allocations, tuple(launches))
+
+    def launch(self, bound: BoundEntry, addresses, stream: int) -> None:
+        """Queues ``bound``'s kernels on ``stream`` (a CUstream handle; 0 is the
+        legacy default stream). ``addresses``: the device addresses of the
+        call's tensors (in ``bind``'s order), then of the transients buffer, then
+        of each allocation."""
+        lib = self.driver.lib
+        for launch in bound.launches:
+            kernel = launch.kernel
+            with launch.lock:
+                pointers = launch.pointers
+                for i, (slot, offset) in enumerate(launch.sources):
+                    pointers[i] = addresses[slot] + offset
+                args = (kernel.function, *launch.grid, *kernel.block, kernel.shared_memory, stream, launch.params, None)
+                status = lib.cuLaunchKernel(*args)
+                if status != 0 and self._foreign_context():
+                    # Another device's context is current on this thread: launch in ours,
+                    # leaving the caller's current context as it was.
+                    self.driver.check(lib.cuCtxPushCurrent_v2(self.context), "cuCtxPushCurrent")
+                    try:
+                        status = lib.cuLaunchKernel(*args)
+                    finally:
+                        lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+            self.driver.check(status, f"cuLaunchKernel of {kernel.name} (grid {launch.grid}, block {kernel.block})")
+
+    def _foreign_context(self) -> bool:
+        current = ctypes.c_void_p()
+        return self.driver.lib.cuCtxGetCurrent(ctypes.byref(current)) == 0 and current.value != self.context.value
