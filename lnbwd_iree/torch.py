@@ -693,10 +693,12 @@ class _EagerRMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None = None) -> torch.Tensor:
     """``torch.nn.functional.rms_norm`` with the IREE kernels; ``eps=None`` is
-    torch's default, ``torch.finfo(x.dtype).eps``."""
+    torch's default, the epsilon of the arithmetic (opmath) type:
+    ``torch.finfo(torch.float32).eps`` for f16, bf16 and f32, float64's for f64."""
     flat, n = _rows("rms_norm", x, normalized_shape)
     if eps is None:
-        eps = torch.finfo(x.dtype).eps
+        _check_inputs(flat, {})  # stats_dtype needs a supported dtype
+        eps = torch.finfo(stats_dtype(x.dtype)).eps
     weight = weight.reshape(n) if weight is not None else None
     if _plain_eager(flat, weight):
         return _EagerRMSNorm.apply(flat, weight, float(eps)).reshape(x.shape)
