@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
+import numbers
 import os
 import threading
 import weakref
@@ -137,6 +138,9 @@ EPS_MAX = float(np.finfo(np.float32).max)
 
 
 def check_eps(eps) -> float:
+    # float() alone would take "1e-5" and True, and say nothing of eps for None.
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number (int or float), got {type(eps).__name__} {eps!r}")
     eps = float(eps)
     if not 0.0 <= eps <= EPS_MAX:  # also false for NaN
         raise ValueError(f"eps must be a number in [0, {EPS_MAX:.8g}] (the kernels take it as float32), got {eps}")

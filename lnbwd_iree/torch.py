@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
 from .dtypes import TABLE
-from .runtime import DLTensor, LayerNormKernels
+from .runtime import DLTensor, LayerNormKernels, check_eps
 
 # float64 runs on CPUs only (for torch.autograd.gradcheck).
 _DTYPES = {getattr(torch, d.torch_name): d for d in TABLE.values()}
@@ -535,9 +535,10 @@ def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: f
     flat, n = _rows("layer_norm", x, normalized_shape)
     weight = weight.reshape(n) if weight is not None else None
     bias = bias.reshape(n) if bias is not None else None
+    eps = check_eps(eps)
     if _plain_eager(flat, weight, bias):
-        return _EagerLayerNorm.apply(flat, weight, bias, float(eps)).reshape(x.shape)
-    return layer_norm_fwd(flat, weight, bias, float(eps))[0].reshape(x.shape)
+        return _EagerLayerNorm.apply(flat, weight, bias, eps).reshape(x.shape)
+    return layer_norm_fwd(flat, weight, bias, eps)[0].reshape(x.shape)
 
 
 class _Normalization(torch.nn.Module):
@@ -700,9 +701,10 @@ def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None =
         _check_inputs(flat, {})  # stats_dtype needs a supported dtype
         eps = torch.finfo(stats_dtype(x.dtype)).eps
     weight = weight.reshape(n) if weight is not None else None
+    eps = check_eps(eps)
     if _plain_eager(flat, weight):
-        return _EagerRMSNorm.apply(flat, weight, float(eps)).reshape(x.shape)
-    return rms_norm_fwd(flat, weight, float(eps))[0].reshape(x.shape)
+        return _EagerRMSNorm.apply(flat, weight, eps).reshape(x.shape)
+    return rms_norm_fwd(flat, weight, eps)[0].reshape(x.shape)
 
 
 class RMSNorm(_Normalization):
