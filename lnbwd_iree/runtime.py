@@ -375,6 +375,7 @@ class LayerNormKernels:
 
     def specialization(self, kernel: Kernel, dtype: str, shape: tuple[int, int]) -> Specialization:
         """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
+        self._require_open()
         key = (kernel.name, dtype, shape)
         if key not in self._specs:
             static, dynamic = Specialization.serving(kernel, dtype, *shape), Specialization(kernel, dtype)
@@ -520,11 +521,13 @@ class LayerNormKernels:
         """(timeline, value): the semaphore and the value on it that the last
         queued call signals (a failed submission moves later calls to a new
         semaphore, so both can change)."""
+        self._require_open()
         with self._queue_lock:
             return self._timeline, self._last_signal
 
     def synchronize(self) -> None:
         """Waits for every call queued so far (after calls made with ``wait=False``)."""
+        self._require_open()
         with self._queue_lock:
             timeline = self._timeline
             fence = ireert.HalFence.create_at(timeline, self._last_signal)
@@ -532,14 +535,15 @@ class LayerNormKernels:
 
     def to_device(self, array) -> ireert.DeviceArray:
         """Uploads a NumPy array (C-contiguous copy) to this device."""
+        self._require_open()
         if isinstance(array, ireert.DeviceArray):
             return array
-        self._require_open()
         return ireert.asdevicearray(self.device, np.ascontiguousarray(array), implicit_host_transfer=True)
 
     def empty(self, shape, dtype) -> ireert.DeviceArray:
         """A zero-filled array; zero-size ones live in host-visible memory,
         since GPU drivers cannot import a zero-byte host allocation in to_host()."""
+        self._require_open()
         array = np.zeros(shape, dtype)
         if array.size:
             return self.to_device(array)
@@ -639,6 +643,7 @@ class LayerNormKernels:
         The first call with a given set of shapes and dtypes validates them and
         finds the artifact; later calls with device arrays of the same
         signature go straight to the device queue."""
+        self._require_open()  # before refuse_shared_memory, which reads the device
         entry = kernel.entry(name)
         inputs = tuple(inputs)
         if scalars.keys() != entry.scalar_names:
