@@ -560,6 +560,16 @@ class _Normalization(torch.nn.Module):
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on each module it scripts (submodules
+        # too) before compiling forward, which TorchScript cannot: without it
+        # the failure is deep in TorchScript's frontend and names nothing of ours.
+        raise RuntimeError(
+            f"lnbwd_iree.torch.{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script): its "
+            "forward runs the IREE kernels from Python. Use torch.compile or torch.export instead, which keep it "
+            "as one custom op."
+        )
+
 
 class LayerNorm(_Normalization):
     """Drop-in for ``torch.nn.LayerNorm`` (same arguments and state_dict keys)."""

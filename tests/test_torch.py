@@ -286,6 +286,15 @@ def test_eps_that_is_not_a_number_is_refused_by_name(eps):
             call()
 
 
+@pytest.mark.parametrize("module", [LayerNorm(8), ours_module.RMSNorm(8)], ids=lambda m: type(m).__name__)
+def test_torchscript_is_refused_with_the_way_forward(module):
+    name = type(module).__name__
+    for scripted in (module, torch.nn.Sequential(torch.nn.Linear(8, 8), module)):
+        with pytest.raises(RuntimeError, match=rf"lnbwd_iree.torch.{name} cannot be compiled by TorchScript "
+                                               r"\(torch.jit.script\).*Use torch.compile or torch.export"):
+            torch.jit.script(scripted)
+
+
 def test_training_matches_torch_layer_norm():
     """A small MLP with a LayerNorm, trained 100 steps with each implementation
     from the same seed: f32 rounding differences stay far below the loss scale."""
