@@ -327,12 +327,20 @@ def _remove_abandoned_temporaries(folder: Path, now: float) -> None:
             temporary.unlink(missing_ok=True)
 
 
+def _refresh_manifest(folder: Path) -> None:
+    """After removals from a ``compile --out`` folder (one with a manifest),
+    its manifest lists what is left, never artifacts that are gone."""
+    if (folder / MANIFEST).exists():
+        write_manifest(folder)
+
+
 def clear(folder: str | os.PathLike) -> list[StoredArtifact]:
     """Removes every artifact (and abandoned temporary file) from ``folder``; returns the artifacts removed."""
     removed = stored_artifacts(folder)
     for artifact in removed:
         artifact.remove()
     _remove_abandoned_temporaries(Path(folder), time.time())
+    _refresh_manifest(Path(folder))
     return removed
 
 
@@ -354,6 +362,7 @@ def prune(folder: str | os.PathLike, *, max_bytes: int | None = None, older_than
     for artifact in removed:
         artifact.remove()
     _remove_abandoned_temporaries(Path(folder), now)
+    _refresh_manifest(Path(folder))
     return removed
 
 
