@@ -8,7 +8,9 @@ import argparse
 import datetime
 import functools
 import json
+import os
 import re
+import signal
 import statistics
 import sys
 from importlib import metadata
@@ -349,7 +351,17 @@ def main(argv=None) -> int:
         argv = ["run", *argv]
     args = parser().parse_args(argv)
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # so that a closed pipe shows here, not at interpreter exit
+        return status
+    except KeyboardInterrupt:
+        print("lnbwd-iree: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone: stop quietly, as tools killed by
+        # SIGPIPE do; stdout goes to devnull so that the exit flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except MemoryError as e:
         print(f"lnbwd-iree: error: out of memory ({e or 'no details'})", file=sys.stderr)
         return 2

@@ -215,3 +215,22 @@ def test_cache_list_prune_and_clear(tmp_path, capsys):
     assert main(["cache", "clear", "--dir", str(folder)]) == 0
     assert "removed 1 artifacts" in capsys.readouterr().out
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # a cache has no manifest, and gets none
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`lnbwd-iree info | head -1`: the reader has gone before the output is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    done = subprocess.run([sys.executable, "-m", "lnbwd_iree", "info"], stdout=write_end, stderr=subprocess.PIPE,
+                          text=True)
+    os.close(write_end)
+    assert done.returncode == 128 + 13 and done.stderr == "", done.stderr  # 13: SIGPIPE
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lnbwd_iree.cli.cmd_info", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "lnbwd-iree: interrupted\n"
