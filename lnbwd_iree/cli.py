@@ -150,7 +150,7 @@ def cmd_bench(args) -> int:
     if existing and not args.force:
         raise ValueError(f"{', '.join(existing)} already exist(s); pass --force to replace, or another --json")
     ops = tuple(bench.NORM_OPS[args.norm][op] for op in (("backward", "forward") if args.op == "both" else (args.op,)))
-    report = bench.run(args.device, shapes, args.dtype, ops=ops, chip=args.chip, artifact_dir=args.artifact_dir,
+    report = bench.run(args.device, shapes, args.dtype or ["f32"], ops=ops, chip=args.chip, artifact_dir=args.artifact_dir,
                        impls=args.impl, seed=args.seed, threads=args.threads, l2_bytes=args.l2_bytes)
     for path in bench.write_report(report, stem):
         print(f"wrote {path}")
@@ -308,7 +308,9 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--device", choices=devices, default="local-task", help="IREE driver")
     b.add_argument("--shape", action="append", required=True, help="MxN, e.g. 8192x4096 (repeatable)")
-    b.add_argument("--dtype", action="append", choices=DTYPES, required=True, help="storage dtype (repeatable)")
+    # No default= with append: argparse would add the given dtypes to it.
+    b.add_argument("--dtype", action="append", choices=DTYPES,
+                   help="storage dtype (repeatable; default: f32, as for `run`)")
     b.add_argument("--norm", choices=tuple(bench.NORM_OPS), default="layernorm",
                    help="the normalisation to time (`run` and `compile` call it --op)")
     b.add_argument("--op", choices=("backward", "forward", "both"), default="backward",
