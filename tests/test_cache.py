@@ -278,3 +278,13 @@ def test_a_compile_that_hangs_is_killed_and_named(monkeypatch, iree_compiler):
     monkeypatch.setattr(compiler, "COMPILE_TIMEOUT_S", 0.001)
     with pytest.raises(compiler.CompilationTimeout, match=r"did not finish layernorm_forward_DxDxf32 for vmvx-generic within 0.001 s and was killed"):
         compiler.compile_spec(SPEC, VMVX)
+
+
+def test_the_suite_never_uses_the_users_cache(cache_dir, monkeypatch):
+    from lnbwd_iree import api
+
+    session = cache.default_cache_dir()
+    assert str(session) == cache_dir
+    assert api.kernels_for("local-task").store.cache_dir == session
+    monkeypatch.delenv(cache.CACHE_ENV)
+    assert session != cache.default_cache_dir(), "the suite would write into the user's cache"
