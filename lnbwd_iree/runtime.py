@@ -104,8 +104,9 @@ def _check_signature(rows, vectors_n, vectors_m) -> Problem:
     vectors_n = {name: (shape, dtype) for name, shape, dtype in vectors_n}
     vectors_m = {name: (shape, dtype) for name, shape, dtype in vectors_m}
     (first_name, (shape, first_dtype)), *others = rows.items()
-    if len(shape) < 2:
-        raise ValueError(f"{first_name} must have at least 2 dims [..., N], got shape {shape}")
+    # A 1-D [N] is one row with statistics of shape (), as torch takes it.
+    if len(shape) < 1:
+        raise ValueError(f"{first_name} must have at least 1 dim [..., N], got shape {shape}")
     batch_shape, n = shape[:-1], shape[-1]
     if n == 0:
         raise ValueError(f"{first_name} has N == 0 (last dim): normalising an empty row is undefined")

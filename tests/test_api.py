@@ -5,9 +5,11 @@ import inspect
 import numpy as np
 import pytest
 
-from lnbwd_iree import api, layernorm_backward, layernorm_forward, runtime
+from lnbwd_iree import api, layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward, runtime
 from lnbwd_iree.kernels import LAYERNORM_FORWARD
-from lnbwd_iree.reference import backward_reference, forward_reference, relative_error
+from lnbwd_iree.reference import (
+    backward_reference, forward_reference, relative_error, rmsnorm_backward_reference, rmsnorm_forward_reference,
+)
 from lnbwd_iree.runtime import LayerNormKernels
 from lnbwd_iree.targets import target_for
 
@@ -112,3 +114,34 @@ def test_exit_handler_closes_every_live_kernels_object(cache_dir, monkeypatch):
     assert set(runtime._LIVE) == set(made)
     runtime.close_all()
     assert all(kernels.device is None for kernels in made)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_dimensional_x_is_one_row(rng, cache_dir, dtype):
+    """x of shape [N], as torch takes it: results of the caller's shapes, statistics of shape ()."""
+    n = 37
+    x = (rng.standard_normal(n) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal(n).astype(dtype)
+    gamma, beta = (1 + 0.5 * rng.standard_normal(n)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    bound = 1e-5 if dtype == np.float32 else 1e-12
+    rows = lambda a: a.astype(np.float64).reshape(1, n)  # noqa: E731  (the references take [M, N])
+
+    y, mean, rstd = layernorm_forward(x, gamma, beta)
+    assert (y.shape, mean.shape, rstd.shape) == ((n,), (), ())
+    for got, want in zip((y, mean, rstd), forward_reference(rows(x), gamma, beta)):
+        assert relative_error(got, np.asarray(want).reshape(got.shape)) < bound
+    want = backward_reference(rows(dy), rows(x), gamma, mean.reshape(1), rstd.reshape(1))
+    for grads in (layernorm_backward(dy, x, gamma, mean, rstd), layernorm_backward(dy, x, gamma)):
+        assert [g.shape for g in grads] == [(n,)] * 3
+        for got, w in zip(grads, want):
+            assert relative_error(got, np.asarray(w).reshape(got.shape)) < bound
+
+    y, rstd = rmsnorm_forward(x, gamma, eps=1e-6)
+    assert (y.shape, rstd.shape) == ((n,), ())
+    for got, w in zip((y, rstd), rmsnorm_forward_reference(rows(x), gamma, 1e-6)):
+        assert relative_error(got, np.asarray(w).reshape(got.shape)) < bound
+    want = rmsnorm_backward_reference(rows(dy), rows(x), gamma, rstd.reshape(1))
+    for grads in (rmsnorm_backward(dy, x, gamma, rstd), rmsnorm_backward(dy, x, gamma, eps=1e-6)):
+        assert [g.shape for g in grads] == [(n,)] * 2
+        for got, w in zip(grads, want):
+            assert relative_error(got, np.asarray(w).reshape(got.shape)) < bound
