@@ -393,7 +393,11 @@ class LayerNormKernels:
         self.target.check_dtype(dtype)
         spec = self.specialization(kernel, dtype, shape)
         if (spec, name) not in self._entries:
-            vm_module = ireert.VmModule.copy_buffer(self._instance, self.store.load(spec, self.target))
+            path, data = self.store.obtain(spec, self.target)
+            try:
+                vm_module = ireert.VmModule.copy_buffer(self._instance, data)
+            except (RuntimeError, ValueError) as e:  # bytes that match their record but are no module
+                raise RuntimeError(f"{path} is not a loadable IREE module ({e}); remove it and its record") from e
             context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
             for fn_name in kernel.functions:
                 function = vm_module.lookup_function(fn_name)
