@@ -193,6 +193,12 @@ class ArtifactStore:
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, artifact_dirs=()):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        # Checked now: a file here would otherwise fail only after a compile, as "File exists".
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            source = "cache_dir" if cache_dir is not None else (
+                CACHE_ENV if os.environ.get(CACHE_ENV) else "the default cache folder")
+            raise NotADirectoryError(f"{source} {self.cache_dir} is a file, not a folder; name a folder for the "
+                                     "artifact cache (created if missing)")
         named = [(Path(d), "artifact_dir") for d in artifact_dirs]
         if os.environ.get(ARTIFACTS_ENV):
             named += [(Path(d), ARTIFACTS_ENV) for d in os.environ[ARTIFACTS_ENV].split(os.pathsep) if d]
@@ -206,15 +212,15 @@ class ArtifactStore:
         self.artifact_dirs = tuple(d for d, _ in named)
 
     def _first_valid(self, spec: Specialization, target: Target) -> tuple[Path | None, bytes | None, list]:
-        """The first valid artifact and its checked bytes, and (folder, reason)
-        for each folder rejected before it."""
+        """The first valid artifact and its checked bytes, and (path, reason)
+        for each candidate rejected before it."""
         name = artifact_name(spec, target)
         rejected = []
         for directory in (*self.artifact_dirs, self.cache_dir):
             try:
                 data = check_artifact(directory / name, spec, target)
             except RejectedArtifact as e:
-                rejected.append((directory, str(e)))
+                rejected.append((directory / name, str(e)))
                 continue
             if directory == self.cache_dir:
                 try:  # marks it used, for `lnbwd-iree cache prune --older-than`
@@ -225,7 +231,7 @@ class ArtifactStore:
         return None, None, rejected
 
     def search(self, spec: Specialization, target: Target) -> tuple[Path | None, list[tuple[Path, str]]]:
-        """The first valid artifact, and (folder, reason) for each folder rejected before it."""
+        """The first valid artifact, and (path, reason) for each candidate rejected before it."""
         found, _, rejected = self._first_valid(spec, target)
         return found, rejected
 
@@ -234,12 +240,12 @@ class ArtifactStore:
 
     def get(self, spec: Specialization, target: Target) -> Path:
         """A valid artifact's path, building it into the cache when none exists."""
-        return self._obtain(spec, target)[0]
+        return self.obtain(spec, target)[0]
 
     def load(self, spec: Specialization, target: Target) -> bytes:
         """``get``'s artifact as bytes: those whose hash was checked (a file
         replaced after the check is not loaded unchecked), read once."""
-        return self._obtain(spec, target)[1]
+        return self.obtain(spec, target)[1]
 
     def load_plan(self, spec: Specialization, target: Target) -> LaunchPlan:
         """The launch plan of ``get``'s artifact (built when missing), read once and checked
@@ -252,12 +258,13 @@ class ArtifactStore:
         except RejectedArtifact as e:  # changed on disk since it was checked
             raise ArtifactNotFoundError(f"{path} cannot be launched directly: {e}") from None
 
-    def _obtain(self, spec: Specialization, target: Target) -> tuple[Path, bytes]:
+    def obtain(self, spec: Specialization, target: Target) -> tuple[Path, bytes]:
+        """``get``'s path and ``load``'s bytes, together."""
         found, data, rejected = self._first_valid(spec, target)
         if found is not None:
             return found, data
         if compiler.compiler_version() is None:
-            searched = "\n".join(f"  {directory}: {reason}" for directory, reason in rejected)
+            searched = "\n".join(f"  {path}: {reason}" for path, reason in rejected)
             raise ArtifactNotFoundError(
                 f"no usable artifact {artifact_name(spec, target)} and iree-base-compiler is not installed to "
                 f"build it. Searched:\n{searched}\nBuild it where the compiler is installed with "
@@ -266,7 +273,7 @@ class ArtifactStore:
                 + f"` (for llvm-cpu, on a machine with this CPU model), then pass artifact_dir=DIR or set {ARTIFACTS_ENV}; "
                 "or pip install 'lnbwd-iree[compile]'"
             )
-        stale = [f"{directory}: {reason}" for directory, reason in rejected if not reason.startswith("absent")]
+        stale = [f"{path}: {reason}" for path, reason in rejected if not reason.startswith("absent")]
         path = self.build(spec, target, self.cache_dir, replaces=stale)
         try:
             return path, check_artifact(path, spec, target)
@@ -300,10 +307,13 @@ class ArtifactStore:
             plan_sha256=hashlib.sha256(artifact.plan).hexdigest() if artifact.plan is not None else None,
         )
         # Bytes first, record last: a record never vouches for files not yet in place.
-        atomic_write(path, vmfb)
-        if artifact.plan is not None:
-            atomic_write(plan_path(path), artifact.plan)
-        atomic_write(record_path(path), json.dumps(asdict(record), indent=2).encode())
+        try:
+            atomic_write(path, vmfb)
+            if artifact.plan is not None:
+                atomic_write(plan_path(path), artifact.plan)
+            atomic_write(record_path(path), json.dumps(asdict(record), indent=2).encode())
+        except OSError as e:  # its own message names a temporary file
+            raise type(e)(f"cannot write artifacts into {path.parent}: {e.strerror or e}") from e
         log.info(
             "compiled %s for %s in %.1f s -> %s%s", spec.stem, target.name, seconds, path,
             f" (replacing: {'; '.join(replaces)})" if replaces else "",
@@ -368,12 +378,20 @@ def _remove_abandoned_temporaries(folder: Path, now: float) -> None:
             temporary.unlink(missing_ok=True)
 
 
+def _refresh_manifest(folder: Path) -> None:
+    """After removals from a ``compile --out`` folder (one with a manifest),
+    its manifest lists what is left, never artifacts that are gone."""
+    if (folder / MANIFEST).exists():
+        write_manifest(folder)
+
+
 def clear(folder: str | os.PathLike) -> list[StoredArtifact]:
     """Removes every artifact (and abandoned temporary file) from ``folder``; returns the artifacts removed."""
     removed = stored_artifacts(folder)
     for artifact in removed:
         artifact.remove()
     _remove_abandoned_temporaries(Path(folder), time.time())
+    _refresh_manifest(Path(folder))
     return removed
 
 
@@ -395,6 +413,7 @@ def prune(folder: str | os.PathLike, *, max_bytes: int | None = None, older_than
     for artifact in removed:
         artifact.remove()
     _remove_abandoned_temporaries(Path(folder), now)
+    _refresh_manifest(Path(folder))
     return removed
 
 

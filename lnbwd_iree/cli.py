@@ -8,7 +8,9 @@ import argparse
 import datetime
 import functools
 import json
+import os
 import re
+import signal
 import statistics
 import sys
 from importlib import metadata
@@ -148,7 +150,7 @@ def cmd_bench(args) -> int:
     if existing and not args.force:
         raise ValueError(f"{', '.join(existing)} already exist(s); pass --force to replace, or another --json")
     ops = tuple(bench.NORM_OPS[args.norm][op] for op in (("backward", "forward") if args.op == "both" else (args.op,)))
-    report = bench.run(args.device, shapes, args.dtype, ops=ops, chip=args.chip, artifact_dir=args.artifact_dir,
+    report = bench.run(args.device, shapes, args.dtype or ["f32"], ops=ops, chip=args.chip, artifact_dir=args.artifact_dir,
                        impls=args.impl, seed=args.seed, threads=args.threads, l2_bytes=args.l2_bytes)
     for path in bench.write_report(report, stem):
         print(f"wrote {path}")
@@ -306,7 +308,9 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--device", choices=devices, default="local-task", help="IREE driver")
     b.add_argument("--shape", action="append", required=True, help="MxN, e.g. 8192x4096 (repeatable)")
-    b.add_argument("--dtype", action="append", choices=DTYPES, required=True, help="storage dtype (repeatable)")
+    # No default= with append: argparse would add the given dtypes to it.
+    b.add_argument("--dtype", action="append", choices=DTYPES,
+                   help="storage dtype (repeatable; default: f32, as for `run`)")
     b.add_argument("--norm", choices=tuple(bench.NORM_OPS), default="layernorm",
                    help="the normalisation to time (`run` and `compile` call it --op)")
     b.add_argument("--op", choices=("backward", "forward", "both"), default="backward",
@@ -349,7 +353,17 @@ def main(argv=None) -> int:
         argv = ["run", *argv]
     args = parser().parse_args(argv)
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # so that a closed pipe shows here, not at interpreter exit
+        return status
+    except KeyboardInterrupt:
+        print("lnbwd-iree: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone: stop quietly, as tools killed by
+        # SIGPIPE do; stdout goes to devnull so that the exit flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except MemoryError as e:
         print(f"lnbwd-iree: error: out of memory ({e or 'no details'})", file=sys.stderr)
         return 2

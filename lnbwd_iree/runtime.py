@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
+import numbers
 import os
 import threading
 import weakref
@@ -103,8 +104,9 @@ def _check_signature(rows, vectors_n, vectors_m) -> Problem:
     vectors_n = {name: (shape, dtype) for name, shape, dtype in vectors_n}
     vectors_m = {name: (shape, dtype) for name, shape, dtype in vectors_m}
     (first_name, (shape, first_dtype)), *others = rows.items()
-    if len(shape) < 2:
-        raise ValueError(f"{first_name} must have at least 2 dims [..., N], got shape {shape}")
+    # A 1-D [N] is one row with statistics of shape (), as torch takes it.
+    if len(shape) < 1:
+        raise ValueError(f"{first_name} must have at least 1 dim [..., N], got shape {shape}")
     batch_shape, n = shape[:-1], shape[-1]
     if n == 0:
         raise ValueError(f"{first_name} has N == 0 (last dim): normalising an empty row is undefined")
@@ -137,6 +139,9 @@ EPS_MAX = float(np.finfo(np.float32).max)
 
 
 def check_eps(eps) -> float:
+    # float() alone would take "1e-5" and True, and say nothing of eps for None.
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number (int or float), got {type(eps).__name__} {eps!r}")
     eps = float(eps)
     if not 0.0 <= eps <= EPS_MAX:  # also false for NaN
         raise ValueError(f"eps must be a number in [0, {EPS_MAX:.8g}] (the kernels take it as float32), got {eps}")
@@ -394,6 +399,7 @@ class LayerNormKernels:
 
     def specialization(self, kernel: Kernel, dtype: str, shape: tuple[int, int]) -> Specialization:
         """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
+        self._require_open()
         key = (kernel.name, dtype, shape)
         if key not in self._specs:
             self._specs[key] = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, shape)
@@ -405,7 +411,11 @@ class LayerNormKernels:
         self.target.check_dtype(dtype)
         spec = self.specialization(kernel, dtype, shape)
         if (spec, name) not in self._entries:
-            vm_module = ireert.VmModule.copy_buffer(self._instance, self.store.load(spec, self.target))
+            path, data = self.store.obtain(spec, self.target)
+            try:
+                vm_module = ireert.VmModule.copy_buffer(self._instance, data)
+            except (RuntimeError, ValueError) as e:  # bytes that match their record but are no module
+                raise RuntimeError(f"{path} is not a loadable IREE module ({e}); remove it and its record") from e
             context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
             for fn_name in kernel.functions:
                 function = vm_module.lookup_function(fn_name)
@@ -534,11 +544,13 @@ class LayerNormKernels:
         """(timeline, value): the semaphore and the value on it that the last
         queued call signals (a failed submission moves later calls to a new
         semaphore, so both can change)."""
+        self._require_open()
         with self._queue_lock:
             return self._timeline, self._last_signal
 
     def synchronize(self) -> None:
         """Waits for every call queued so far (after calls made with ``wait=False``)."""
+        self._require_open()
         with self._queue_lock:
             timeline = self._timeline
             fence = ireert.HalFence.create_at(timeline, self._last_signal)
@@ -546,14 +558,15 @@ class LayerNormKernels:
 
     def to_device(self, array) -> ireert.DeviceArray:
         """Uploads a NumPy array (C-contiguous copy) to this device."""
+        self._require_open()
         if isinstance(array, ireert.DeviceArray):
             return array
-        self._require_open()
         return ireert.asdevicearray(self.device, np.ascontiguousarray(array), implicit_host_transfer=True)
 
     def empty(self, shape, dtype) -> ireert.DeviceArray:
         """A zero-filled array; zero-size ones live in host-visible memory,
         since GPU drivers cannot import a zero-byte host allocation in to_host()."""
+        self._require_open()
         array = np.zeros(shape, dtype)
         if array.size:
             return self.to_device(array)
@@ -653,6 +666,7 @@ class LayerNormKernels:
         The first call with a given set of shapes and dtypes validates them and
         finds the artifact; later calls with device arrays of the same
         signature go straight to the device queue."""
+        self._require_open()  # before refuse_shared_memory, which reads the device
         entry = kernel.entry(name)
         inputs = tuple(inputs)
         if scalars.keys() != entry.scalar_names:

@@ -631,9 +631,10 @@ def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: f
     flat, n = _rows("layer_norm", x, normalized_shape)
     weight = weight.reshape(n) if weight is not None else None
     bias = bias.reshape(n) if bias is not None else None
+    eps = check_eps(eps)
     if _plain_eager(flat, weight, bias):
-        return _EagerLayerNorm.apply(flat, weight, bias, float(eps)).reshape(x.shape)
-    return layer_norm_fwd(flat, weight, bias, float(eps))[0].reshape(x.shape)
+        return _EagerLayerNorm.apply(flat, weight, bias, eps).reshape(x.shape)
+    return layer_norm_fwd(flat, weight, bias, eps)[0].reshape(x.shape)
 
 
 class _Normalization(torch.nn.Module):
@@ -654,6 +655,16 @@ class _Normalization(torch.nn.Module):
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on each module it scripts (submodules
+        # too) before compiling forward, which TorchScript cannot: without it
+        # the failure is deep in TorchScript's frontend and names nothing of ours.
+        raise RuntimeError(
+            f"lnbwd_iree.torch.{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script): its "
+            "forward runs the IREE kernels from Python. Use torch.compile or torch.export instead, which keep it "
+            "as one custom op."
+        )
 
 
 class LayerNorm(_Normalization):
@@ -775,14 +786,17 @@ class _EagerRMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None = None) -> torch.Tensor:
     """``torch.nn.functional.rms_norm`` with the IREE kernels; ``eps=None`` is
-    torch's default, ``torch.finfo(x.dtype).eps``."""
+    torch's default, the epsilon of the arithmetic (opmath) type:
+    ``torch.finfo(torch.float32).eps`` for f16, bf16 and f32, float64's for f64."""
     flat, n = _rows("rms_norm", x, normalized_shape)
     if eps is None:
-        eps = torch.finfo(x.dtype).eps
+        _check_inputs(flat, {})  # stats_dtype needs a supported dtype
+        eps = torch.finfo(stats_dtype(x.dtype)).eps
     weight = weight.reshape(n) if weight is not None else None
+    eps = check_eps(eps)
     if _plain_eager(flat, weight):
-        return _EagerRMSNorm.apply(flat, weight, float(eps)).reshape(x.shape)
-    return rms_norm_fwd(flat, weight, float(eps))[0].reshape(x.shape)
+        return _EagerRMSNorm.apply(flat, weight, eps).reshape(x.shape)
+    return rms_norm_fwd(flat, weight, eps)[0].reshape(x.shape)
 
 
 class RMSNorm(_Normalization):

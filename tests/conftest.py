@@ -1,10 +1,12 @@
 import os
+import shutil
+import tempfile
 
 import ml_dtypes
 import numpy as np
 import pytest
 
-from lnbwd_iree import LayerNormKernels, compiler
+from lnbwd_iree import LayerNormKernels, cache, compiler
 from lnbwd_iree.reference import TOLERANCE  # noqa: F401  (error bounds per dtype, for the test modules)
 
 # (driver, backend) pairs; GPU ones are skipped where no such device exists.
@@ -33,10 +35,28 @@ def backend_id(backend) -> str:
     return name if driver == "local-task" else driver
 
 
+_session_cache = None
+
+
+def pytest_configure(config):
+    """Every default-cache use of the session (kernels_for, lnbwd_iree.torch,
+    the CLI, subprocesses) goes to a fresh temporary cache, never the user's,
+    unless LNBWD_IREE_CACHE names one: set before any test module is imported."""
+    global _session_cache
+    if not os.environ.get(cache.CACHE_ENV):
+        _session_cache = tempfile.mkdtemp(prefix="lnbwd-iree-test-cache-")
+        os.environ[cache.CACHE_ENV] = _session_cache
+
+
+def pytest_unconfigure(config):
+    if _session_cache is not None:
+        shutil.rmtree(_session_cache, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    """A fresh artifact cache for the session, unless LNBWD_IREE_CACHE names one."""
-    return os.environ.get("LNBWD_IREE_CACHE") or str(tmp_path_factory.mktemp("cache"))
+def cache_dir():
+    """The session's artifact cache (see pytest_configure)."""
+    return os.environ[cache.CACHE_ENV]
 
 
 @pytest.fixture(params=BACKENDS, ids=backend_id)

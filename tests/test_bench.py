@@ -134,6 +134,15 @@ def test_default_output_is_a_new_file_in_the_current_folder(tmp_path, monkeypatc
     assert f"wrote {written}" in capsys.readouterr().out
 
 
+def test_dtype_defaults_to_f32_as_for_run(tmp_path):
+    assert main(["bench", "--shape", "8x16", "--l2-bytes", "2048", "--impl", "numpy",
+                 "--json", str(tmp_path / "out.json")]) == 0
+    assert {r["dtype"] for r in json.loads((tmp_path / "out.json").read_text())["results"]} == {"f32"}
+    assert main(["bench", "--shape", "8x16", "--l2-bytes", "2048", "--impl", "numpy", "--dtype", "f64",
+                 "--json", str(tmp_path / "f64.json")]) == 0
+    assert {r["dtype"] for r in json.loads((tmp_path / "f64.json").read_text())["results"]} == {"f64"}
+
+
 def test_no_iree_impl_and_no_torch_still_writes_a_table(tmp_path, monkeypatch):
     """Peers alone (no IREE row to divide by) and no copy bandwidth: no ZeroDivisionError."""
     monkeypatch.setattr(runner, "device_figures", lambda driver, torch, l2: timing.DeviceFigures("test host", None, l2))

@@ -1,5 +1,6 @@
 """The artifact cache: keyed records, stale and corrupt artifacts rebuilt with reasons, atomic writes, pruning."""
 
+import hashlib
 import json
 import logging
 import os
@@ -7,6 +8,7 @@ import re
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from lnbwd_iree import cache, compiler, targets
@@ -114,10 +116,11 @@ def test_runtime_only_error_lists_every_folder_and_why(tmp_path, monkeypatch):
         store.get(SPEC, VMVX)
     message = str(raised.value)
     assert "iree-base-compiler is not installed" in message
-    assert f"{empty}: absent\n" in message
-    assert f"{wrong_target}: absent (the folder has only layernorm_forward_DxDxf32_llvm-cpu-host.vmfb)" in message
-    assert f"{corrupt}: corrupt: its bytes do not match" in message
-    assert f"{tmp_path / 'cache'}: absent" in message
+    name = cache.artifact_name(SPEC, VMVX)
+    assert f"{empty / name}: absent\n" in message
+    assert f"{wrong_target / name}: absent (the folder has only layernorm_forward_DxDxf32_llvm-cpu-host.vmfb)" in message
+    assert f"{path}: corrupt: its bytes do not match" in message
+    assert f"{tmp_path / 'cache' / name}: absent" in message
     assert "lnbwd-iree compile --out DIR --target vmvx-generic --dtype f32`" in message
 
 
@@ -278,3 +281,49 @@ def test_a_compile_that_hangs_is_killed_and_named(monkeypatch, iree_compiler):
     monkeypatch.setattr(compiler, "COMPILE_TIMEOUT_S", 0.001)
     with pytest.raises(compiler.CompilationTimeout, match=r"did not finish layernorm_forward_DxDxf32 for vmvx-generic within 0.001 s and was killed"):
         compiler.compile_spec(SPEC, VMVX)
+
+
+def test_the_suite_never_uses_the_users_cache(cache_dir, monkeypatch):
+    from lnbwd_iree import api
+
+    session = cache.default_cache_dir()
+    assert str(session) == cache_dir
+    assert api.kernels_for("local-task").store.cache_dir == session
+    monkeypatch.delenv(cache.CACHE_ENV)
+    assert session != cache.default_cache_dir(), "the suite would write into the user's cache"
+
+
+def test_bytes_that_match_their_record_but_are_no_module_are_named(tmp_path, iree_compiler):
+    from lnbwd_iree.runtime import LayerNormKernels
+
+    kernels = LayerNormKernels("local-task", backend="vmvx", cache_dir=tmp_path, static_shapes=False)
+    path = cache.ArtifactStore.build(SPEC, VMVX, tmp_path)
+    garbage = os.urandom(512)
+    path.write_bytes(garbage)
+    edit = record_of(path) | {"vmfb_sha256": hashlib.sha256(garbage).hexdigest()}
+    cache.record_path(path).write_text(json.dumps(edit))
+    with pytest.raises(RuntimeError, match=rf"{re.escape(str(path))} is not a loadable IREE module"):
+        kernels.forward(np.ones((2, 8), np.float32), np.ones(8, np.float32), np.zeros(8, np.float32))
+
+
+def test_a_cache_path_that_is_a_file_is_refused_up_front_by_its_source(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "file"))
+    with pytest.raises(NotADirectoryError, match=f"{cache.CACHE_ENV} {tmp_path / 'file'} is a file, not a folder"):
+        cache.ArtifactStore()
+    with pytest.raises(NotADirectoryError, match=f"cache_dir {tmp_path / 'file'} is a file"):
+        cache.ArtifactStore(tmp_path / "file")
+
+
+def test_an_unwritable_cache_is_reported_by_folder_and_reason(tmp_path, monkeypatch, iree_compiler):
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):  # as a read-only folder answers (root ignores chmod)
+        if str(path).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache.os, "open", read_only)
+    with pytest.raises(PermissionError) as raised:
+        cache.ArtifactStore(tmp_path).get(SPEC, VMVX)
+    assert str(raised.value) == f"cannot write artifacts into {tmp_path}: Permission denied"

@@ -104,6 +104,26 @@ def test_compile_again_keeps_earlier_artifacts_in_the_manifest_and_builds_a_shap
     assert "layernorm_backward_8x16xf32_vmvx-generic.vmfb" in files and "layernorm_backward_4x16xf32_vmvx-generic.vmfb" in files
 
 
+def manifest_files(folder):
+    return sorted(a["file"] for a in json.loads((folder / "manifest.json").read_text())["artifacts"])
+
+
+def test_cache_prune_and_clear_of_a_compile_folder_rewrite_its_manifest(tmp_path, capsys):
+    out = str(tmp_path)
+    assert main(["compile", "--out", out, "--target", "vmvx-generic", "--dtype", "f32", "--op", "layernorm",
+                 "--shape", "8x16"]) == 0
+    assert len(manifest_files(tmp_path)) == 4
+    dynamic = "layernorm_backward_DxDxf32_vmvx-generic.vmfb"
+    week_ago = (tmp_path / dynamic).stat().st_mtime - 7 * 86400
+    for path in (tmp_path / dynamic, cache.record_path(tmp_path / dynamic)):
+        os.utime(path, (week_ago, week_ago))
+    assert main(["cache", "prune", "--older-than", "3d", "--dir", out]) == 0
+    left = sorted(p.name for p in tmp_path.glob("*.vmfb"))
+    assert len(left) == 3 and dynamic not in left and manifest_files(tmp_path) == left
+    assert main(["cache", "clear", "--dir", out]) == 0
+    assert not list(tmp_path.glob("*.vmfb")) and manifest_files(tmp_path) == []
+
+
 def test_compile_rejects_unknown_target(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compile", "--out", str(tmp_path), "--target", "rocm-gfx000"])
@@ -194,4 +214,23 @@ def test_cache_list_prune_and_clear(tmp_path, capsys):
 
     assert main(["cache", "clear", "--dir", str(folder)]) == 0
     assert "removed 1 artifacts" in capsys.readouterr().out
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # a cache has no manifest, and gets none
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`lnbwd-iree info | head -1`: the reader has gone before the output is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    done = subprocess.run([sys.executable, "-m", "lnbwd_iree", "info"], stdout=write_end, stderr=subprocess.PIPE,
+                          text=True)
+    os.close(write_end)
+    assert done.returncode == 128 + 13 and done.stderr == "", done.stderr  # 13: SIGPIPE
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lnbwd_iree.cli.cmd_info", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "lnbwd-iree: interrupted\n"

@@ -275,6 +275,26 @@ def test_rejects_what_it_cannot_run():
         layer_norm_fwd(torch.randn(2, 4), torch.randn(5), None, 1e-5)
 
 
+@pytest.mark.parametrize("eps", ["1e-5", None, True], ids=repr)
+def test_eps_that_is_not_a_number_is_refused_by_name(eps):
+    x = torch.randn(2, 8)
+    calls = [lambda: LayerNorm(8, eps=eps)(x), lambda: ours_module.layer_norm(x, (8,), eps=eps)]
+    if eps is not None:  # RMSNorm's default
+        calls += [lambda: ours_module.rms_norm(x, (8,), eps=eps), lambda: ours_module.RMSNorm(8, eps=eps)(x)]
+    for call in calls:
+        with pytest.raises(TypeError, match=f"eps must be a real number .int or float., got {type(eps).__name__}"):
+            call()
+
+
+@pytest.mark.parametrize("module", [LayerNorm(8), ours_module.RMSNorm(8)], ids=lambda m: type(m).__name__)
+def test_torchscript_is_refused_with_the_way_forward(module):
+    name = type(module).__name__
+    for scripted in (module, torch.nn.Sequential(torch.nn.Linear(8, 8), module)):
+        with pytest.raises(RuntimeError, match=rf"lnbwd_iree.torch.{name} cannot be compiled by TorchScript "
+                                               r"\(torch.jit.script\).*Use torch.compile or torch.export"):
+            torch.jit.script(scripted)
+
+
 def test_training_matches_torch_layer_norm():
     """A small MLP with a LayerNorm, trained 100 steps with each implementation
     from the same seed: f32 rounding differences stay far below the loss scale."""

@@ -5,9 +5,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import test_torch  # noqa: E402
-from test_torch import DEVICES, check_against_float64, fresh_seed, relative  # noqa: E402
+from test_torch import DEVICES, TOLERANCE, check_against_float64, fresh_seed, relative  # noqa: E402
 
 from lnbwd_iree.torch import RMSNorm, rms_norm_bwd, rms_norm_fwd  # noqa: E402
+from lnbwd_iree.torch import rms_norm as ours_rms_norm  # noqa: E402
 
 
 def pair(normalized_shape, dtype, seed, **kwargs):
@@ -20,8 +21,8 @@ def pair(normalized_shape, dtype, seed, **kwargs):
 @pytest.mark.parametrize("shape", [(5, 100), (2, 3, 64), (1, 760)], ids=lambda s: "x".join(map(str, s)))
 def test_matches_torch_rms_norm(device, dtype, shape):
     seed = fresh_seed()
-    # eps as the models use it: torch's default (finfo(dtype).eps) would differ
-    # between our dtype and the float64 reference.
+    # eps as the models use it: torch's default (the arithmetic type's epsilon)
+    # would differ between f32 and the float64 reference.
     ours, reference = pair(shape[-1], dtype, seed, eps=1e-6)
     torch.manual_seed(seed)
     check_against_float64(ours.to(device), reference, torch.randn(shape).to(dtype), device, dtype)
@@ -40,12 +41,40 @@ def test_shapes_and_options_match_torch(device, normalized_shape, input_shape, k
     check_against_float64(ours.to(device), reference, torch.randn(input_shape), device, torch.float32)
 
 
-def test_default_eps_is_torchs():
-    """eps=None: torch.finfo(x.dtype).eps, as torch.nn.RMSNorm; visible on rows of tiny values."""
-    x = torch.full((2, 8), 1e-4)
-    ours, theirs = RMSNorm(8), torch.nn.RMSNorm(8)
-    assert ours.eps is None and relative(ours(x), theirs(x)) < 1e-6
-    assert relative(RMSNorm(8, eps=1e-2)(x), theirs(x)) > 0.5  # the check can fail
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_default_eps_is_torchs(dtype):
+    """eps=None: torch's rule, finfo of the arithmetic type (f32 for f16 and bf16
+    data), as nn.RMSNorm and F.rms_norm; visible on rows of small RMS, where
+    f16's or bf16's own epsilon would be 1e-1 to 1e2 of mean(x^2)."""
+    seed = fresh_seed()
+    generator = torch.Generator().manual_seed(seed)
+    x = (1e-2 * torch.randn(6, 64, generator=generator, dtype=torch.float64)).to(dtype)
+    weight = 1 + 0.5 * torch.randn(64, generator=generator, dtype=torch.float64)
+    dy = torch.randn(6, 64, generator=generator, dtype=torch.float64).to(dtype)
+    ours = RMSNorm(64, dtype=dtype)
+    theirs = torch.nn.RMSNorm(64, dtype=dtype)
+    with torch.no_grad():
+        ours.weight.copy_(weight)
+        theirs.weight.copy_(weight)
+    assert ours.eps is None and theirs.eps is None
+    # float64, with the epsilon torch documents for this dtype.
+    x64 = x.double().requires_grad_()
+    y64 = torch.nn.functional.rms_norm(x64, (64,), weight, eps=torch.finfo(torch.float32).eps)
+    (dx64,) = torch.autograd.grad(y64, x64, dy.double())
+    x_ours = x.clone().requires_grad_()
+    y = ours(x_ours)
+    (dx,) = torch.autograd.grad(y, x_ours, dy)
+    for name, got in [("nn.RMSNorm", theirs(x)), ("F.rms_norm", torch.nn.functional.rms_norm(x, (64,), theirs.weight)),
+                      ("ours", y), ("our functional", ours_rms_norm(x, (64,), ours.weight))]:
+        assert relative(got, y64) < TOLERANCE[dtype], name
+    assert relative(dx, dx64) < TOLERANCE[dtype]
+    assert relative(y, theirs(x)) < 2 * TOLERANCE[dtype]
+
+
+def test_default_eps_differs_from_a_larger_one():
+    """The check above can fail: an eps of the order of mean(x^2) changes y."""
+    x = torch.full((2, 8), 1e-2)
+    assert relative(RMSNorm(8, eps=1e-4)(x), torch.nn.RMSNorm(8)(x)) > 0.2
 
 
 def test_state_dict_is_torch_rms_norms():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lnbwd_iree import LayerNormKernels, layernorm_backward, layernorm_forward
+from lnbwd_iree.reference import TOLERANCE, forward_reference, relative_error
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,8 @@ def test_mismatched_shapes(cpu):
 
 def test_wrong_rank(cpu):
     _, _, gamma = arrays()
-    with pytest.raises(ValueError, match="at least 2 dims"):
-        cpu.forward(np.ones(8, np.float32), gamma, gamma)
+    with pytest.raises(ValueError, match="at least 1 dim"):
+        cpu.forward(np.ones((), np.float32), gamma, gamma)
 
 
 def test_unsupported_and_mixed_dtypes(cpu):
@@ -62,6 +63,35 @@ def test_bad_eps(cpu):
         cpu.backward(dy, x, gamma, eps=-1.0)
     with pytest.raises(ValueError, match="eps must be"):
         layernorm_forward(x, gamma, gamma, eps=float("nan"))
+
+
+NOT_NUMBERS = ["1e-5", None, True, np.array([1e-5]), 1e-5j]
+
+
+@pytest.mark.parametrize("eps", NOT_NUMBERS, ids=repr)
+def test_eps_that_is_not_a_number_is_refused_by_name(cpu, eps):
+    dy, x, gamma = arrays()
+    mean, rstd = np.zeros(4, np.float32), np.ones(4, np.float32)
+    calls = {
+        "forward": lambda: cpu.forward(x, gamma, gamma, eps=eps),
+        "backward": lambda: cpu.backward(dy, x, gamma, eps=eps),
+        "backward from statistics": lambda: cpu.backward(dy, x, gamma, mean, rstd, eps=eps),
+        "rmsnorm_forward": lambda: cpu.rmsnorm_forward(x, gamma, eps=eps),
+        "api": lambda: layernorm_forward(x, gamma, gamma, eps=eps),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"eps must be a real number .int or float., got {type(eps).__name__}"):
+            call()
+            pytest.fail(f"{name} took eps={eps!r}")
+
+
+@pytest.mark.parametrize("eps", [1, np.float32(0.25), np.float64(1e-3), np.int64(2), 1e-5], ids=repr)
+def test_eps_of_any_real_type_is_used(cpu, eps, rng):
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    gamma, beta = (1 + 0.5 * rng.standard_normal(16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    got = cpu.forward(x, gamma, beta, eps=eps)
+    for g, want in zip(got, forward_reference(x, gamma, beta, eps=float(eps))):
+        assert relative_error(g.to_host(), want) < TOLERANCE["f32"]
 
 
 def test_unknown_device():
