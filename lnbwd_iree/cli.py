@@ -301,7 +301,9 @@ def parser() -> argparse.ArgumentParser:
                     "rotated over more than twice the L2 cache, with the copy bandwidth measured in the same\n"
                     "run. Writes JSON, a markdown table and (with matplotlib, the 'bench' extra) a PNG.",
         epilog=f"implementations: {', '.join(bench.IMPLS)}.\n"
-               "  iree_static: the artifact specialised to each shape; iree: the dynamic-shape one;\n"
+               "  iree_static: the artifact specialised to each shape; iree_direct: the same kernels launched\n"
+               "  on torch's CUDA stream without IREE's runtime (what lnbwd_iree.torch does on cuda:N);\n"
+               "  iree: the dynamic-shape artifact;\n"
                "  liger (GPUs) needs the 'peers' extra; numpy runs on local devices.\n"
                "  Default: all that run beside the device.\n"
                "Exit status 1 when a result fails its float64 check.",

@@ -20,7 +20,11 @@ import ctypes
 import threading
 from dataclasses import dataclass
 
+from .cache import ArtifactStore
 from .launch_plan import EntryPlan, LaunchPlan, evaluate, f32_bits
+from .runtime import serving_specialization
+from .specialization import Kernel
+from .targets import target_for
 
 _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 
@@ -223,3 +227,57 @@ class CudaLauncher:
     def _foreign_context(self) -> bool:
         current = ctypes.c_void_p()
         return self.driver.lib.cuCtxGetCurrent(ctypes.byref(current)) == 0 and current.value != self.context.value
+
+
+class DirectRunner:
+    """Runs any kernel's entry point on a caller's CUDA stream: the artifact
+    that serves the call shape is found (or built) as for
+    ``LayerNormKernels("cuda")`` (``runtime.serving_specialization``), its
+    launch plan bound once per (entry, dtype, shape, scalars), then launched.
+    Tensors are anything with ``shape`` and ``data_ptr()`` (torch tensors);
+    scratch comes from the caller's ``allocate(nbytes)``, whose result must
+    stay usable by work queued on the stream after its release (torch's
+    caching allocator does this for its current stream)."""
+
+    def __init__(self, ordinal: int, static_shapes: bool | None = None, store: ArtifactStore | None = None):
+        self.launcher = CudaLauncher(ordinal)
+        self.target = target_for("cuda")
+        self.store = store or ArtifactStore()
+        self.static_shapes = static_shapes
+        self._plans: dict = {}  # Specialization -> LaunchPlan, kept for the launcher's loaded kernels
+        self._bound: dict = {}  # (kernel, entry, dtype, M, N, scalars) -> BoundEntry
+        self._lock = threading.Lock()
+
+    def _bind(self, kernel: Kernel, entry_name: str, dtype: str, inputs: tuple, outputs: tuple,
+              scalars: dict) -> BoundEntry:
+        entry = kernel.entry(entry_name)
+        spec = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype,
+                                      tuple(inputs[0].shape))
+        with self._lock:
+            plan = self._plans.get(spec)
+            if plan is None:
+                plan = self._plans[spec] = self.store.load_plan(spec, self.target)
+        # The VM function's arguments: inputs, scalars, outputs.
+        first_output = len(entry.inputs) + len(entry.scalars)
+        tensor_args = (*range(len(entry.inputs)), *range(first_output, first_output + len(entry.outputs)))
+        dims = {arg: tuple(t.shape) for arg, t in zip(tensor_args, inputs + outputs)}
+        values = {len(entry.inputs) + i: scalars[name] for i, name in enumerate(entry.scalars)}
+        return self.launcher.bind(plan, entry_name, dims, values, tensor_args)
+
+    def run(self, kernel: Kernel, entry_name: str, dtype: str, inputs: tuple, outputs: tuple, scalars: dict,
+            allocate, stream: int) -> None:
+        """Queues entry ``entry_name`` of ``kernel`` on ``stream``: ``inputs`` and
+        ``outputs`` in the entry's order, ``inputs[0]`` the [M, N] rows of
+        storage dtype ``dtype`` (a ``dtypes.TABLE`` name), ``scalars`` by name.
+        The caller has validated the call (shapes, dtypes, contiguity, 64-byte
+        alignment)."""
+        rows = inputs[0]
+        key = (kernel.name, entry_name, dtype, *rows.shape, *scalars.values())
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = self._bind(kernel, entry_name, dtype, inputs, outputs, scalars)
+        addresses = [t.data_ptr() for t in inputs]
+        addresses += [t.data_ptr() for t in outputs]
+        scratch = [allocate(max(size, 1)) for size in (bound.transients, *bound.allocations)]
+        addresses += [t.data_ptr() for t in scratch]
+        self.launcher.launch(bound, addresses, stream)

@@ -33,13 +33,11 @@ from iree import runtime as ireert
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
-from .cache import ArtifactStore
-from .cuda_launch import CudaLauncher
+from .cuda_launch import DirectRunner
 from .dtypes import TABLE
 from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
-from .runtime import DLTensor, LayerNormKernels, check_eps, serving_specialization
+from .runtime import DLTensor, LayerNormKernels, check_eps
 from .specialization import Kernel, Role
-from .targets import target_for
 
 # float64 runs on CPUs only (for torch.autograd.gradcheck).
 _DTYPES = {getattr(torch, d.torch_name): d for d in TABLE.values()}
@@ -300,54 +298,24 @@ class IreeBinding:
 
 
 class CudaBinding:
-    """cuda:N without IREE's runtime: each call's kernels, from the artifact's
-    launch plan, launched on torch's current stream (``CudaLauncher``). Outputs
-    and scratch come from torch's caching allocator on that stream, nothing is
-    waited for on the host, and CUDA graphs capture the launches. Artifacts
-    are found (or built) as for ``LayerNormKernels("cuda")``: the default chip's
-    PTX, specialised per shape where it can be had."""
+    """cuda:N without IREE's runtime: each call's kernels launched from the
+    artifact's launch plan on torch's current stream (``DirectRunner``).
+    Outputs and scratch come from torch's caching allocator on that stream,
+    nothing is waited for on the host, and CUDA graphs capture the launches."""
 
     def __init__(self, torch_device: torch.device, static_shapes: bool | None = None):
         self.torch_device = torch_device
         self.index = torch_device.index
-        self.launcher = CudaLauncher(self.index)
-        self.target = target_for("cuda")
-        self.store = ArtifactStore()
-        self.static_shapes = static_shapes
-        self._plans: dict = {}  # Specialization -> LaunchPlan, kept for the launcher's loaded kernels
-        self._bound: dict = {}  # (entry, dtype, M, N, scalars) -> BoundEntry
-        self._lock = threading.Lock()
+        self.runner = DirectRunner(self.index, static_shapes)
 
-    def _bind(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict):
-        entry = kernel.entry(entry_name)
-        rows = inputs[0]
-        dtype = _DTYPES[rows.dtype].name
-        spec = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, tuple(rows.shape))
-        with self._lock:
-            plan = self._plans.get(spec)
-            if plan is None:
-                plan = self._plans[spec] = self.store.load_plan(spec, self.target)
-        # The VM function's arguments: inputs, scalars, outputs.
-        first_output = len(entry.inputs) + len(entry.scalars)
-        tensor_args = (*range(len(entry.inputs)), *range(first_output, first_output + len(entry.outputs)))
-        dims = {arg: tuple(t.shape) for arg, t in zip(tensor_args, inputs + outputs)}
-        values = {len(entry.inputs) + i: scalars[name] for i, name in enumerate(entry.scalars)}
-        return self.launcher.bind(plan, entry_name, dims, values, tensor_args)
+    def _scratch(self, nbytes: int) -> torch.Tensor:
+        # Freed when the call returns, reused only by work queued after its kernels.
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.torch_device)
 
     def run(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict) -> None:
         """As ``IreeBinding.run``, queued on torch's current stream of the device."""
-        rows = inputs[0]
-        key = (kernel.name, entry_name, rows.dtype, *rows.shape, *scalars.values())
-        bound = self._bound.get(key)
-        if bound is None:
-            bound = self._bound[key] = self._bind(kernel, entry_name, inputs, outputs, scalars)
-        addresses = [t.data_ptr() for t in inputs]
-        addresses += [t.data_ptr() for t in outputs]
-        # Scratch from the caching allocator: freed here, reused only by work queued after these kernels.
-        scratch = [torch.empty(max(size, 1), dtype=torch.uint8, device=rows.device)
-                   for size in (bound.transients, *bound.allocations)]
-        addresses += [t.data_ptr() for t in scratch]
-        self.launcher.launch(bound, addresses, torch._C._cuda_getCurrentRawStream(self.index))
+        self.runner.run(kernel, entry_name, _DTYPES[inputs[0].dtype].name, inputs, outputs, scalars, self._scratch,
+                        torch._C._cuda_getCurrentRawStream(self.index))
 
 
 _bindings: dict = {}

@@ -4,15 +4,21 @@
    weight and bias for a random dy) for lnbwd_iree, torch eager, torch.compile
    (compiled per shape and dtype, dynamic=False, after torch._dynamo.reset())
    and Liger's LigerLayerNorm when importable; inputs on the device, rotated
-   over more than 2x L2; each implementation checked once against float64.
-2. What each torch <-> IREE crossing costs (a stream synchronisation, a
-   DLPack import, a cached weight import, an IREE call waited for or queued).
-3. A Transformer block's training step (self-attention + MLP + 2 LayerNorms,
-   bf16, forward + backward + SGD step) with lnbwd_iree vs nn.LayerNorm, eager,
-   and torch.compile of the block with lnbwd_iree (graph breaks reported).
+   over more than 2x L2; each implementation checked once against float64,
+   all timed together taking turns trial by trial. Per implementation also
+   the host time of a step (steps queued behind a GPU sleep, so the host never
+   waits on the GPU unless the implementation does) and, on CUDA, a replay of
+   the step captured in a CUDA graph (one graph per input set).
+2. On IREE's runtime path only (CPU, or LNBWD_IREE_TORCH_CUDA_PATH=iree):
+   what each torch <-> IREE crossing costs.
+3. A Transformer block's training step (self-attention + MLP + 2 norms, bf16,
+   forward + backward + SGD step) with lnbwd_iree's LayerNorm / RMSNorm
+   against nn.LayerNorm / nn.RMSNorm, eager, at each --block size; with
+   --block-compile also torch.compile of the block (graph breaks reported).
 
-Timing: lnbwd_iree.bench.time_calls (median of trials of back-to-back steps,
-one synchronisation per trial). Writes benchmarks/torch_layernorm_<device>.{json,md}.
+Timing: lnbwd_iree.bench.time_interleaved (median of trials of back-to-back
+steps, one synchronisation per trial). Writes
+benchmarks/torch_layernorm_<device>.{json,md}.
 
 python scripts/bench_torch.py --device cuda --shape 8192x4096 --shape 4096x1024
 """
@@ -30,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from lnbwd_iree.bench import Bench, parse_shape, time_calls
-from lnbwd_iree.torch import LayerNorm, binding_for
+from lnbwd_iree.bench import Bench, parse_shape, time_interleaved
+from lnbwd_iree.torch import IreeBinding, LayerNorm, RMSNorm, binding_for, cuda_path
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -67,6 +73,40 @@ def layer_norm_impls(n, dtype, device):
     return impls
 
 
+def host_us(step, n_sets, synchronize, device, steps=20):
+    """Host µs per step with the GPU kept busy: the steps are queued behind a
+    GPU sleep, so the host waits only where the implementation makes it."""
+    synchronize()
+    if device == "cuda":
+        torch.cuda._sleep(100_000_000)  # ~60 ms at H100 clocks: longer than the steps' host time
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i % n_sets)
+    seconds = time.perf_counter() - start
+    synchronize()
+    return seconds / steps * 1e6
+
+
+def graph_replay(step, n_sets, synchronize):
+    """``replay(i)``: the step on input set i, captured once per set in a CUDA
+    graph (all graphs share one memory pool, replayed one at a time)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graph asks
+        for i in range(3):
+            step(i % n_sets)
+    torch.cuda.current_stream().wait_stream(side)
+    synchronize()
+    graphs, pool = [], None
+    for i in range(n_sets):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            step(i)
+        pool = graph.pool()
+        graphs.append(graph)
+    return lambda i: graphs[i].replay()
+
+
 def bench_layer_norm(m, n, dtype_name, device, synchronize, l2_bytes, trials):
     dtype = DTYPES[dtype_name]
     generator = torch.Generator(device=device).manual_seed(m * 31 + n)
@@ -81,7 +121,7 @@ def bench_layer_norm(m, n, dtype_name, device, synchronize, l2_bytes, trials):
     w64, b64 = weight.double().requires_grad_(), bias.double().requires_grad_()
     y64 = torch.nn.functional.layer_norm(x64, (n,), w64, b64, 1e-5)
     reference = (y64, *torch.autograd.grad(y64, [x64, w64, b64], dys[0].double()))
-    rows = []
+    rows, steps = [], {}
     for name, make in layer_norm_impls(n, dtype, device).items():
         module = make()
         with torch.no_grad():
@@ -92,16 +132,27 @@ def bench_layer_norm(m, n, dtype_name, device, synchronize, l2_bytes, trials):
         results = (y, *torch.autograd.grad(y, [xs[0], *params], dys[0]))
         errors = {k: relative(r, ref) for k, r, ref in zip(("y", "dx", "dweight", "dbias"), results, reference)}
 
-        def step(i):
+        def step(i, module=module, params=params):
             out = module(xs[i])
             torch.autograd.grad(out, [xs[i], *params], dys[i])
 
-        seconds = time_calls(step, synchronize, n_sets, trials=trials)
-        rows.append({"impl": name, "m": m, "n": n, "dtype": dtype_name, "median_us": seconds * 1e6,
-                     "max_rel_error": max(errors.values()), "errors": errors, "input_sets": n_sets})
-        log(f"{name:14s} {m}x{n} {dtype_name:5s} forward+backward {seconds * 1e6:9.1f} us"
-            f"  max rel err {max(errors.values()):.1e}")
-        del module
+        steps[name] = step
+        rows.append({"impl": name, "m": m, "n": n, "dtype": dtype_name, "max_rel_error": max(errors.values()),
+                     "errors": errors, "input_sets": n_sets,
+                     "host_us": host_us(step, n_sets, synchronize, device)})
+    samples = time_interleaved([(step, synchronize) for step in steps.values()], n_sets, trials=trials)
+    if device == "cuda":
+        graphed = {name: graph_replay(step, n_sets, synchronize) for name, step in steps.items()
+                   if name in ("lnbwd_iree", "torch_eager")}
+        graph_samples = dict(zip(graphed, time_interleaved([(r, synchronize) for r in graphed.values()], n_sets,
+                                                           trials=trials)))
+    for row, times in zip(rows, samples):
+        row["median_us"] = statistics.median(times) * 1e6
+        if device == "cuda" and row["impl"] in graph_samples:
+            row["graph_replay_us"] = statistics.median(graph_samples[row["impl"]]) * 1e6
+        graph = f"  CUDA graph {row['graph_replay_us']:7.1f} us" if "graph_replay_us" in row else ""
+        log(f"{row['impl']:14s} {m}x{n} {dtype_name:5s} forward+backward {row['median_us']:9.1f} us"
+            f"  host {row['host_us']:6.1f} us{graph}  max rel err {row['max_rel_error']:.1e}")
     return rows
 
 
@@ -118,8 +169,10 @@ def median_us(fn, synchronize, calls=200, trials=9):
 
 
 def crossings(m, n, device, synchronize):
-    """Per-crossing costs, f32 [m, n], each in a loop of its own."""
+    """Per-crossing costs, f32 [m, n], each in a loop of its own (IREE's runtime path only)."""
     binding = binding_for(torch.device(device))
+    if not isinstance(binding, IreeBinding):
+        return []
     kernels = binding.kernels
     x = torch.randn(m, n, device=device)
     weight, bias = torch.randn(n, device=device), torch.randn(n, device=device)
@@ -164,7 +217,7 @@ class Block(torch.nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def bench_block(tokens, width, heads, device, synchronize, trials):
+def bench_block(tokens, width, heads, device, synchronize, trials, with_compile):
     dtype = torch.bfloat16
     seq = min(tokens, 2048)
     batch = tokens // seq
@@ -173,8 +226,12 @@ def bench_block(tokens, width, heads, device, synchronize, trials):
     dys = [torch.randn(batch, seq, width, device=device, generator=generator, dtype=dtype) for _ in range(2)]
     rows = []
     losses = {}
-    variants = [("lnbwd_iree", LayerNorm, False), ("torch nn.LayerNorm", torch.nn.LayerNorm, False),
-                ("lnbwd_iree, torch.compile", LayerNorm, True), ("torch nn.LayerNorm, torch.compile", torch.nn.LayerNorm, True)]
+    variants = [("lnbwd_iree LayerNorm", LayerNorm, False), ("torch nn.LayerNorm", torch.nn.LayerNorm, False),
+                ("lnbwd_iree RMSNorm", RMSNorm, False), ("torch nn.RMSNorm", torch.nn.RMSNorm, False)]
+    if with_compile:
+        variants += [("lnbwd_iree LayerNorm, torch.compile", LayerNorm, True),
+                     ("torch nn.LayerNorm, torch.compile", torch.nn.LayerNorm, True)]
+    models = {}
     for name, norm_class, compile_block in variants:
         torch.manual_seed(0)
         block = Block(width, heads, norm_class).to(device=device, dtype=dtype)
@@ -190,27 +247,31 @@ def bench_block(tokens, width, heads, device, synchronize, trials):
             torch._dynamo.reset()
             model = torch.compile(block)
 
-        def step(i):
+        def step(i, model=model, optimizer=optimizer):
             out = model(xs[i])
             out.backward(dys[i])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        # Same first-step output for every variant (same seed, same weights).
+        # Same first-step output for every variant of a norm (same seed, same weights).
         first = model(xs[0])
-        losses[name] = first.float().square().mean().item()
+        mean_square = first.float().square().mean().item()
         del first
         start = time.perf_counter()
         step(0)
         synchronize()
-        first_step_s = time.perf_counter() - start
-        seconds = time_calls(step, synchronize, 2, min_trial_s=0.05, trials=trials)
+        models[name] = step
         rows.append({"block": name, "tokens": tokens, "width": width, "heads": heads, "dtype": "bf16",
-                     "median_us": seconds * 1e6, "first_step_s": first_step_s, "compile": graph_breaks,
-                     "first_output_mean_square": losses[name]})
-        log(f"block {name:34s} {tokens} tokens x {width}: training step {seconds * 1e3:8.3f} ms")
-        del model, block, optimizer
-        torch.cuda.empty_cache() if device == "cuda" else None
+                     "first_step_s": time.perf_counter() - start, "compile": graph_breaks,
+                     "first_output_mean_square": mean_square})
+    samples = time_interleaved([(step, synchronize) for step in models.values()], 2, min_trial_s=0.05, trials=trials)
+    for row, times in zip(rows, samples):
+        row["median_us"] = statistics.median(times) * 1e6
+        log(f"block {row['block']:36s} {tokens} tokens x {width}: training step {row['median_us'] / 1e3:8.3f} ms"
+            f"  (first output mean square {row['first_output_mean_square']:.6f})")
+    del models
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -224,8 +285,12 @@ def write_report(report, out_dir, device):
         f"torch {report['torch']}; copy bandwidth {copy:.0f} GB/s. Module forward+backward step (y, then grads",
         "of x, weight, bias), median µs; % of copy counts 5·M·N elements (x read twice, y, dy, dx).",
         "",
-        "| dtype | M x N | lnbwd_iree | torch eager | torch.compile | Liger | vs eager | max rel err (ours) |",
-        "|---|---|---|---|---|---|---|---|",
+        "Host µs: a step's time on the host with the GPU kept busy (steps queued behind a GPU sleep).",
+        "CUDA graph: the step captured once per input set, replays timed the same way.",
+        "",
+        "| dtype | M x N | lnbwd_iree | torch eager | torch.compile | Liger | vs eager | host µs (ours / eager)"
+        " | CUDA graph µs (ours / eager) | max rel err (ours) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["impl"], r["m"], r["n"], r["dtype"]): r for r in report["layer_norm"]}
     for (impl, m, n, dtype), row in by.items():
@@ -239,35 +304,44 @@ def write_report(report, out_dir, device):
                 return "—"
             return f"{r['median_us']:.0f} ({100 * nbytes / (r['median_us'] * 1e-6) / 1e9 / copy:.0f}%)"
 
-        eager = by[("torch_eager", m, n, dtype)]["median_us"]
+        eager = by[("torch_eager", m, n, dtype)]
+        graphs = " / ".join(f"{r['graph_replay_us']:.0f}" if "graph_replay_us" in r else "—" for r in (row, eager))
         lines.append(f"| {dtype} | {m}x{n} | {cell('lnbwd_iree')} | {cell('torch_eager')} | {cell('torch_compile')}"
-                     f" | {cell('liger')} | {eager / row['median_us']:.2f}x | {row['max_rel_error']:.1e} |")
+                     f" | {cell('liger')} | {eager['median_us'] / row['median_us']:.2f}x"
+                     f" | {row['host_us']:.0f} / {eager['host_us']:.0f} | {graphs} | {row['max_rel_error']:.1e} |")
     if report["crossings"]:
         lines += ["", "Crossings (f32, each alone in a loop, median µs per operation):", "",
                   "| M x N | crossing | µs |", "|---|---|---|"]
         lines += [f"| {r['m']}x{r['n']} | {r['crossing']} | {r['median_us']:.1f} |" for r in report["crossings"]]
     if report["block"]:
         lines += ["", "Transformer block training step (forward + backward + SGD), bf16:", "",
-                  "| variant | tokens x width (heads) | step ms | first step s | graphs / breaks |", "|---|---|---|---|---|"]
+                  "| variant | tokens x width (heads) | step ms | vs torch's norm | first step s | graphs / breaks |",
+                  "|---|---|---|---|---|---|"]
+        times = {(r["block"], r["tokens"], r["width"]): r["median_us"] for r in report["block"]}
         for r in report["block"]:
             c = r["compile"]
             breaks = "eager" if c is None else f"{c['graphs']} / {c['graph_breaks']}"
+            theirs = times.get((r["block"].replace("lnbwd_iree ", "torch nn."), r["tokens"], r["width"]))
+            versus = f"{theirs / r['median_us']:.3f}x" if theirs and r["block"].startswith("lnbwd_iree") else ""
             lines.append(f"| {r['block']} | {r['tokens']}x{r['width']} ({r['heads']}) | {r['median_us'] / 1e3:.3f}"
-                         f" | {r['first_step_s']:.1f} | {breaks} |")
+                         f" | {versus} | {r['first_step_s']:.1f} | {breaks} |")
     (out_dir / f"torch_layernorm_{device}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--shape", action="append", help="MxN (repeatable); default 8192x4096 and 4096x1024")
+    parser.add_argument("--shape", action="append", help="MxN (repeatable); default: the six of issue 21's table")
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="default f32 and bf16")
-    parser.add_argument("--block", default="8192x4096x32", help="tokens x width x heads, or 'none'")
+    parser.add_argument("--block", action="append",
+                        help="tokens x width x heads (repeatable), or 'none'; default 8192x4096x32 and 32768x1024x16")
+    parser.add_argument("--block-compile", action="store_true", help="also torch.compile of the LayerNorm blocks")
     parser.add_argument("--trials", type=int, default=9)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "benchmarks")
     args = parser.parse_args(argv)
     device = args.device
-    shapes = [parse_shape(s) for s in args.shape or ["8192x4096", "4096x1024"]]
+    shapes = [parse_shape(s) for s in args.shape or
+              ["8192x4096", "32768x1024", "16384x8192", "65536x768", "1024x512", "4096x1024"]]
     # The copy bandwidth, L2 size and device name as `lnbwd-iree bench` measures them.
     figures = Bench("local-task" if device == "cpu" else device, ("torch_eager",))
 
@@ -278,16 +352,18 @@ def main(argv=None):
     copy_gbps, l2 = figures.copy_gbps, figures.l2_bytes
     log(f"device {figures.name}: copy {copy_gbps:.0f} GB/s, L2 {l2 >> 20} MiB, torch {torch.__version__}")
     report = {"device": figures.name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-              "copy_gbps": copy_gbps, "timing": f"bench.time_calls, median of {args.trials} trials",
+              "copy_gbps": copy_gbps, "cuda_path": cuda_path() if device == "cuda" else None,
+              "timing": f"bench.time_interleaved, median of {args.trials} trials",
               "layer_norm": [], "crossings": [], "block": []}
     for m, n in shapes:
         for dtype_name in args.dtype or ["f32", "bf16"]:
             report["layer_norm"] += bench_layer_norm(m, n, dtype_name, device, synchronize, l2, args.trials)
     for m, n in shapes:
         report["crossings"] += crossings(m, n, device, synchronize)
-    if args.block != "none":
-        tokens, width, heads = (int(v) for v in args.block.split("x"))
-        report["block"] = bench_block(tokens, width, heads, device, synchronize, args.trials)
+    for block in args.block or ["8192x4096x32", "32768x1024x16"]:
+        if block != "none":
+            tokens, width, heads = (int(v) for v in block.split("x"))
+            report["block"] += bench_block(tokens, width, heads, device, synchronize, args.trials, args.block_compile)
     write_report(report, args.out, device)
 
 

@@ -2,7 +2,7 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [fair] [torch] [ddp] [rms] [trace] [fair-rms] [probe] [gaps] [bench DTYPE...]
+# Usage: scripts/device_run.sh [tests] [direct] [fair] [torch] [ddp] [rms] [trace] [fair-rms] [probe] [gaps] [bench DTYPE...]
 #   fair: the full LayerNorm bench (every peer, backward and forward) on the seven shapes,
 #   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png};
 #   fair-rms: the same for RMSNorm, into $OUT/bench_rmsnorm_cuda_*.
@@ -94,6 +94,9 @@ for step in "$@"; do
     gaps)
       # GPU time per back-to-back call: kernels, idle inside a call, idle between calls. GAP_CASES: SHAPE:DTYPE ...
       python3 "$REPO/scripts/gpu_gaps.py" ${GAP_CASES:-8192x4096:bf16} 2>&1 | tee "$OUT/gpu_gaps.log" ;;
+    direct)
+      # lnbwd_iree.torch's direct launch path: checks, no-host-sync, CUDA graph, module step vs torch.
+      python3 "$REPO/scripts/direct_probe.py" 2>&1 | tee "$OUT/direct_probe.log" ;;
     overhead)
       python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
     profile)

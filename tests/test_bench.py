@@ -226,7 +226,7 @@ def test_implementations_take_turns_trial_by_trial():
 
 def test_default_implementations_are_those_that_run_beside_the_device():
     assert bench.default_impls("local-task") == ("iree_static", "iree", "torch_eager", "torch_compile", "numpy")
-    assert bench.default_impls("cuda") == ("iree_static", "iree", "torch_eager", "torch_compile", "liger")
+    assert bench.default_impls("cuda") == ("iree_static", "iree_direct", "iree", "torch_eager", "torch_compile", "liger")
 
 
 def test_liger_asked_for_on_the_host_is_skipped_with_a_note(tmp_path, capsys):
@@ -376,3 +376,11 @@ def test_a_peer_without_the_kernel_is_left_out_with_a_note(tmp_path, monkeypatch
     report = json.loads((tmp_path / "out.json").read_text())
     assert [r["impl"] for r in report["results"]] == ["iree_static"]
     assert "numpy: has no layernorm_backward" in report["notes"]
+
+
+def test_iree_direct_asked_for_on_the_host_is_skipped_with_a_note(tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(bench_args(tmp_path, "--impl", "numpy", "--impl", "iree_direct")) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert {r["impl"] for r in report["results"]} == {"numpy"}
+    assert any(note.startswith("iree_direct: launches on torch's CUDA stream") for note in report["notes"])

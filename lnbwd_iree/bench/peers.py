@@ -14,13 +14,15 @@ from typing import Callable
 import numpy as np
 
 from .. import runtime
-from ..dtypes import STATS_DTYPES, STORAGE_DTYPES, TABLE
+from ..dtypes import NUMPY_DTYPES, STATS_DTYPES, STORAGE_DTYPES, TABLE
 from .cases import EPS, Case, TimedOp
 
 # Every implementation bench knows, in table order; `--impl` takes these names.
-IMPLS = ("iree_static", "iree", "torch_eager", "torch_compile", "liger", "numpy")
-IREE_IMPLS = ("iree_static", "iree")
+IMPLS = ("iree_static", "iree_direct", "iree", "torch_eager", "torch_compile", "liger", "numpy")
+IREE_IMPLS = ("iree_static", "iree_direct", "iree")
 TORCH_IMPLS = ("torch_eager", "torch_compile", "liger")
+# Run beside torch's CUDA tensors: the kernels IREE compiled, launched without IREE's runtime.
+DIRECT_IMPLS = ("iree_direct",)
 
 
 @dataclass
@@ -39,8 +41,8 @@ class Candidate:
 def default_impls(driver: str) -> tuple[str, ...]:
     """What ``bench`` times when not told: every implementation that can run
     beside ``driver`` (NumPy on the host's drivers, Liger on GPUs)."""
-    skip = "liger" if driver.startswith("local") else "numpy"
-    return tuple(i for i in IMPLS if i != skip)
+    skip = ("liger", "iree_direct") if driver.startswith("local") else ("numpy",)
+    return tuple(i for i in IMPLS if i not in skip)
 
 
 def torch_device(driver: str) -> str | None:
@@ -87,6 +89,50 @@ class IreeImpl:
             return [np.asarray(o.to_host()) for o in call(sets[0] + rest, out=poisoned)]
 
         return [Candidate(self.build, lambda i: call(sets[i] + rest, out=outs[i], wait=False), check, k.synchronize)]
+
+
+class DirectImpl:
+    """The artifact specialised to each shape, its kernels launched from its
+    launch plan on torch's current CUDA stream (``cuda_launch.DirectRunner``,
+    what ``lnbwd_iree.torch`` uses on cuda:N): torch tensors in and out,
+    outputs preallocated per input set, scratch from torch's allocator."""
+
+    def __init__(self, peers: TorchPeers, artifact_dir=None):
+        from ..cache import ArtifactStore
+        from ..cuda_launch import DirectRunner
+
+        torch = peers.torch
+        if torch.version.hip:
+            raise NotImplementedError("iree_direct: launches CUDA PTX; on ROCm the IREE HIP runtime serves")
+        self.peers = peers
+        self.index = torch.cuda.current_device()
+        self.runner = DirectRunner(self.index, static_shapes=True,
+                                   store=ArtifactStore(artifact_dirs=(artifact_dir,) if artifact_dir else ()))
+        self.build = (f"artifact specialised to M x N, target {self.runner.target.name}, launched from its launch"
+                      " plan on torch's stream, outputs preallocated per input set")
+
+    def prepare(self, case: Case) -> list[Candidate]:
+        torch, device = self.peers.torch, self.peers.device
+        sets, rest = self.peers.tensors(case)
+        rest = tuple(rest)
+        outputs = [(s, getattr(torch, TABLE[NUMPY_DTYPES[d]].torch_name))
+                   for s, d in zip(case.output_shapes, case.output_dtypes)]
+        outs = [tuple(torch.empty(s, dtype=d, device=device) for s, d in outputs) for _ in range(case.n_sets)]
+        kernel, entry, scalars = case.op.kernel, case.op.entry.name, case.scalars
+
+        def scratch(nbytes):
+            return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+        def call(i, out):
+            self.runner.run(kernel, entry, case.dtype, tuple(sets[i]) + rest, out, scalars, scratch,
+                            torch._C._cuda_getCurrentRawStream(self.index))
+
+        def check():
+            poisoned = tuple(torch.full(s, float("nan"), dtype=d, device=device) for s, d in outputs)
+            call(0, poisoned)
+            return [o.double().cpu().numpy() for o in poisoned]
+
+        return [Candidate(self.build, lambda i: call(i, outs[i]), check, self.peers.synchronize)]
 
 
 def numpy_math(case: Case) -> Callable:

@@ -15,8 +15,8 @@ from .. import targets
 from ..reference import TOLERANCE, relative_error
 from .cases import TIMED_OPS, Case, bytes_moved
 from .inputs import cases
-from .peers import IMPLS, IREE_IMPLS, TORCH_IMPLS, Candidate, IreeImpl, LigerPeer, TorchPeers, default_impls, \
-    numpy_candidates, torch_device
+from .peers import DIRECT_IMPLS, IMPLS, IREE_IMPLS, TORCH_IMPLS, Candidate, DirectImpl, IreeImpl, LigerPeer, \
+    TorchPeers, default_impls, numpy_candidates, torch_device
 from .timing import TRIALS, WARMUP_S, device_figures, time_interleaved
 
 
@@ -125,10 +125,12 @@ class Bench:
         self.chip = targets.target_for(device, chip).chip
         found: dict[str, Callable[[Case], list[Candidate]]] = {}
         for impl in IREE_IMPLS:
-            if impl in impls:
+            if impl in impls and impl not in DIRECT_IMPLS:
                 iree = IreeImpl(device, static=impl == "iree_static", chip=chip, artifact_dir=artifact_dir)
                 found[impl] = iree.prepare
-        self.torch = torch_peers(device, [i for i in impls if i in TORCH_IMPLS], self.notes)
+        self.torch = torch_peers(device, [i for i in impls if i in TORCH_IMPLS + DIRECT_IMPLS], self.notes)
+        if "iree_direct" in impls:
+            found.update(self.direct(artifact_dir))
         if self.torch is not None:
             found.update({i: p for i, p in (("torch_eager", self.torch.eager), ("torch_compile", self.torch.compiled))
                           if i in impls})
@@ -147,6 +149,19 @@ class Bench:
         if figures.note:
             self.notes.append(figures.note)
         self.copy_gbps, self.l2_bytes, self.name = figures.copy_gbps, figures.l2_bytes, figures.name
+
+    def direct(self, artifact_dir) -> dict:
+        if self.torch is None:  # torch_peers said why
+            return {}
+        if self.torch.device != "cuda" or self.device != "cuda":
+            self.notes.append("iree_direct: launches on torch's CUDA stream, so it runs with --device cuda"
+                              " and a CUDA build of torch only")
+            return {}
+        try:
+            return {"iree_direct": DirectImpl(self.torch, artifact_dir).prepare}
+        except NotImplementedError as e:
+            self.notes.append(str(e))
+            return {}
 
     def liger(self) -> dict:
         if self.torch.device != "cuda":
