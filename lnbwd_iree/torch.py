@@ -555,18 +555,18 @@ torch.library.register_autocast("lnbwd_iree::layer_norm_fwd", "cuda", torch.floa
 class _EagerLayerNorm(torch.autograd.Function):
     """The custom ops' forward and backward without torch's dispatch of
     Python custom ops, which costs more than the IREE call on small shapes;
-    used in plain eager mode only (see ``_plain_eager``). The CUDA autocast
-    rule is the ops' rule: f32 inputs, autocast off inside."""
+    used in plain eager mode only (see ``_plain_eager``). ``layer_norm``
+    applies the ops' CUDA autocast rule (f32 inputs) before it: no op inside
+    is one that autocast changes, and torch.amp.custom_fwd's per-call cost is
+    a tenth of a small shape's step."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x, weight, bias, eps):
         y, mean, rstd = _forward_kernel(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
         return (*_gradients(dy, *ctx.saved_tensors, _backward_kernel), None)
 
@@ -580,7 +580,8 @@ def _plain_eager(*tensors) -> bool:
 
 
 def _rows(function: str, x: torch.Tensor, normalized_shape) -> tuple[torch.Tensor, int]:
-    """``x`` as rows [..., N] over its trailing ``normalized_shape`` dims, and N."""
+    """``x`` as rows [..., N] over its trailing ``normalized_shape`` dims, and N:
+    ``x`` itself over one dim (a view would add an autograd node per call)."""
     if isinstance(normalized_shape, numbers.Integral):
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)
@@ -590,19 +591,34 @@ def _rows(function: str, x: torch.Tensor, normalized_shape) -> tuple[torch.Tenso
             f"{function} over normalized_shape {normalized_shape} needs an input whose last {k} dims are "
             f"{normalized_shape}, got shape {tuple(x.shape)}"
         )
+    if k == 1:
+        return x, normalized_shape[0]
     n = math.prod(normalized_shape)
     return x.reshape(*x.shape[: x.dim() - k], n), n
+
+
+def _vector(tensor: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """A weight or bias of normalized_shape as [N]."""
+    return tensor if tensor is None or tensor.dim() == 1 else tensor.reshape(n)
+
+
+def _autocast(*tensors):
+    """The tensors as CUDA autocast gives them to torch's layer_norm (f32), or as they are outside it."""
+    if tensors[0].is_cuda and torch.is_autocast_enabled("cuda"):
+        return tuple(t if t is None or not t.is_floating_point() else t.float() for t in tensors)
+    return tensors
 
 
 def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
     """``torch.nn.functional.layer_norm`` with the IREE kernels."""
     flat, n = _rows("layer_norm", x, normalized_shape)
-    weight = weight.reshape(n) if weight is not None else None
-    bias = bias.reshape(n) if bias is not None else None
+    weight, bias = _vector(weight, n), _vector(bias, n)
     eps = check_eps(eps)
     if _plain_eager(flat, weight, bias):
-        return _EagerLayerNorm.apply(flat, weight, bias, eps).reshape(x.shape)
-    return layer_norm_fwd(flat, weight, bias, eps)[0].reshape(x.shape)
+        y = _EagerLayerNorm.apply(*_autocast(flat, weight, bias), eps)
+    else:
+        y = layer_norm_fwd(flat, weight, bias, eps)[0]
+    return y if flat is x else y.reshape(x.shape)
 
 
 class _Normalization(torch.nn.Module):
@@ -760,11 +776,13 @@ def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None =
     if eps is None:
         _check_inputs(flat, {})  # stats_dtype needs a supported dtype
         eps = torch.finfo(stats_dtype(x.dtype)).eps
-    weight = weight.reshape(n) if weight is not None else None
+    weight = _vector(weight, n)
     eps = check_eps(eps)
     if _plain_eager(flat, weight):
-        return _EagerRMSNorm.apply(flat, weight, eps).reshape(x.shape)
-    return rms_norm_fwd(flat, weight, eps)[0].reshape(x.shape)
+        y = _EagerRMSNorm.apply(flat, weight, eps)
+    else:
+        y = rms_norm_fwd(flat, weight, eps)[0]
+    return y if flat is x else y.reshape(x.shape)
 
 
 class RMSNorm(_Normalization):

@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import time
 
 import numpy as np
 import pytest
@@ -666,3 +667,102 @@ def test_ddp_train_script_with_torchrun_on_two_cpu_processes(tmp_path):
     assert all(run["ranks_identical"] for run in result["runs"].values())
     assert result["relative_parameter_difference"] <= result["tolerance"] == 1e-4
     assert result["ok"]
+
+
+DIRECT_CUDA = [d for d in DEVICES if d != "cpu" and not torch.version.hip and ours_module.cuda_path() == "direct"]
+
+
+@pytest.mark.parametrize("device", DIRECT_CUDA)
+def test_cuda_calls_queue_behind_the_gpu_without_a_host_wait(device):
+    """On the direct path a training step is queued on torch's stream: behind a
+    ~0.5 s GPU sleep, the host returns long before the sleep ends."""
+    ln = LayerNorm(1024, device=device)
+    x = torch.randn(4096, 1024, device=device, requires_grad=True)
+    ln(x).backward(torch.randn_like(x))  # binds and loads outside the timed part
+    torch.cuda.synchronize(device)
+    sleep = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.device(device):
+        sleep[0].record()
+        torch.cuda._sleep(1_000_000_000)
+        sleep[1].record()
+        start = time.perf_counter()
+        for _ in range(5):
+            ln(x).backward(torch.randn_like(x))
+        host_s = time.perf_counter() - start
+        torch.cuda.synchronize(device)
+    slept_s = sleep[0].elapsed_time(sleep[1]) / 1e3
+    assert slept_s > 0.2, f"the GPU sleep took {slept_s:.3f} s; it must outlast the host's steps"
+    assert host_s < slept_s / 4, f"5 queued steps took {host_s:.3f} s on the host, behind a {slept_s:.3f} s GPU sleep"
+
+
+def graph_inputs(device, dtype, seed):
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = (torch.randn(512, 768, device=device, generator=generator) * 2 + 0.5).to(dtype)
+    return x, torch.randn(512, 768, device=device, generator=generator).to(dtype)
+
+
+@pytest.mark.parametrize("device", DIRECT_CUDA)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_cuda_graph_of_a_training_step_replays_eager_results(device, dtype, norm):
+    """A forward + backward step captured in torch.cuda.graph, replayed on new
+    inputs copied into the static ones, gives what eager gives on them."""
+    seed = fresh_seed()
+    ours_class = LayerNorm if norm == "layernorm" else ours_module.RMSNorm
+    module = ours_class(768, device=device, dtype=dtype)
+    randomize(module, seed)
+    static_x, static_dy = graph_inputs(device, dtype, seed)
+    static_x.requires_grad_()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            module.zero_grad(set_to_none=True)
+            static_x.grad = None
+            module(static_x).backward(static_dy)
+    torch.cuda.current_stream(device).wait_stream(side)
+    module.zero_grad(set_to_none=True)
+    static_x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = module(static_x)
+        static_y.backward(static_dy)
+    new_x, new_dy = graph_inputs(device, dtype, seed + 1)
+    with torch.no_grad():
+        static_x.copy_(new_x)
+        static_dy.copy_(new_dy)
+    for p in (static_x, *module.parameters()):
+        p.grad.fill_(float("nan"))  # poisoned: the replay must write every gradient
+    graph.replay()
+    torch.cuda.synchronize(device)
+    eager_x = new_x.clone().requires_grad_()
+    eager = ours_class(768, device=device, dtype=dtype)
+    eager.load_state_dict(module.state_dict())
+    eager_y = eager(eager_x)
+    eager_y.backward(new_dy)
+    assert torch.equal(static_y, eager_y)
+    assert torch.equal(static_x.grad, eager_x.grad)
+    for p, q in zip(module.parameters(), eager.parameters()):
+        assert torch.equal(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("device", DIRECT_CUDA)
+def test_cuda_reduce_overhead_compile_of_a_training_step_matches_eager(device):
+    """torch.compile(mode="reduce-overhead") (CUDA graphs through Inductor) of
+    a block with our LayerNorm: no cudagraph skip, results equal to eager."""
+    torch._dynamo.reset()
+    seed = fresh_seed()
+    block = make_block(LayerNorm, seed).to(device)
+    reference = make_block(LayerNorm, seed).to(device)
+    reference.load_state_dict(block.state_dict())
+    compiled = torch.compile(block, mode="reduce-overhead")
+    for step in range(4):  # several replays of the recorded graph, on fresh inputs
+        x = torch.randn(2, 6, 32, device=device, generator=torch.Generator(device=device).manual_seed(seed + step))
+        y = compiled(x).clone()
+        y_eager = reference(x)
+        assert relative(y, y_eager) < 1e-6, step
+        dy = torch.randn_like(y)
+        y.backward(dy)  # the compiled graph's output holds the backward graph
+        torch.autograd.backward(y_eager, dy)
+    for (name, p), q in zip(block.named_parameters(), reference.parameters()):
+        assert relative(p.grad, q.grad) < 1e-5, name
