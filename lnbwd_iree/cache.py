@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import compiler
+from .launch_plan import FORMAT as PLAN_FORMAT
 from .launch_plan import LaunchPlan
 from .specialization import Specialization
 from .targets import Target
@@ -180,6 +181,8 @@ def read_plan_bytes(vmfb: Path, record: ArtifactRecord) -> bytes:
         raise RejectedArtifact(f"its launch plan is unreadable ({e.strerror or e})") from None
     if hashlib.sha256(plan).hexdigest() != record.plan_sha256:
         raise RejectedArtifact("corrupt: its launch plan does not match the SHA-256 in its record")
+    if not plan.startswith(b'{"format":%d,' % PLAN_FORMAT):  # LaunchPlan.to_json writes the format first
+        raise RejectedArtifact(f"its launch plan is not in format {PLAN_FORMAT} (written by another lnbwd-iree)")
     return plan
 
 

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from .cache import ArtifactStore
-from .launch_plan import EntryPlan, LaunchPlan, evaluate, f32_bits
+from .launch_plan import Copy, EntryPlan, LaunchPlan, evaluate, f32_bits
 from .runtime import serving_specialization
 from .specialization import Kernel
 from .targets import target_for
@@ -52,6 +52,7 @@ class CudaDriver:
         self._declare("cuModuleGetFunction", ctypes.POINTER(p), p, ctypes.c_char_p)
         self._declare("cuFuncSetAttribute", p, i, i)
         self._declare("cuLaunchKernel", p, u, u, u, u, u, u, u, p, ctypes.POINTER(p), p)
+        self._declare("cuMemcpyDtoDAsync_v2", ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, p)
         self._declare("cuGetErrorName", i, ctypes.POINTER(ctypes.c_char_p))
         self.check(self.lib.cuInit(0), "cuInit")
 
@@ -133,12 +134,22 @@ class _Launch:
 
 
 @dataclass(frozen=True)
+class _Copy:
+    """One buffer copy of an entry at one shape: (buffer index, offset) of its
+    source and target, as ``_Launch.sources`` counts them, and its bytes."""
+
+    source: tuple[int, int]
+    target: tuple[int, int]
+    length: int
+
+
+@dataclass(frozen=True)
 class BoundEntry:
-    """An entry point resolved for one call shape: what the caller allocates and what is launched."""
+    """An entry point resolved for one call shape: what the caller allocates and what is queued."""
 
     transients: int  # bytes
     allocations: tuple[int, ...]  # bytes of each buffer the entry allocates
-    launches: tuple[_Launch, ...]
+    launches: tuple  # _Launch and _Copy, in order
 
 
 class CudaLauncher:
@@ -184,45 +195,61 @@ class CudaLauncher:
         transients = evaluate(entry_plan.transients_size, dims, bits)
         allocations = tuple(evaluate(a, dims, bits, transients) for a in entry_plan.allocations)
         index = {arg: i for i, arg in enumerate(tensor_args)}
+
+        def source(buffer, offset):
+            if buffer[0] == "arg":
+                slot = index[buffer[1]]
+            elif buffer[0] == "transients":
+                slot = len(tensor_args)
+            else:
+                slot = len(tensor_args) + 1 + buffer[1]
+            return slot, evaluate(offset, dims, bits, transients)
+
         launches = []
-        for dispatch in entry_plan.dispatches:
-            sources = []
-            for buffer, offset in dispatch.bindings:
-                if buffer[0] == "arg":
-                    slot = index[buffer[1]]
-                elif buffer[0] == "transients":
-                    slot = len(tensor_args)
-                else:
-                    slot = len(tensor_args) + 1 + buffer[1]
-                sources.append((slot, evaluate(offset, dims, bits, transients)))
-            grid = tuple(evaluate(g, dims, bits, transients) for g in dispatch.grid)
-            constants = [evaluate(c, dims, bits, transients) & 0xFFFFFFFF for c in dispatch.constants]
-            launches.append(_Launch(self._kernel(plan, dispatch.executable, dispatch.kernel), grid, constants, sources))
+        for step in entry_plan.steps:
+            if isinstance(step, Copy):
+                launches.append(_Copy(source(*step.source), source(*step.target),
+                                      evaluate(step.length, dims, bits, transients)))
+                continue
+            grid = tuple(evaluate(g, dims, bits, transients) for g in step.grid)
+            constants = [evaluate(c, dims, bits, transients) & 0xFFFFFFFF for c in step.constants]
+            launches.append(_Launch(self._kernel(plan, step.executable, step.kernel), grid, constants,
+                                    [source(b, o) for b, o in step.bindings]))
         return BoundEntry(transients, allocations, tuple(launches))
 
     def launch(self, bound: BoundEntry, addresses, stream: int) -> None:
-        """Queues ``bound``'s kernels on ``stream`` (a CUstream handle; 0 is the
+        """Queues ``bound``'s kernels and copies on ``stream`` (a CUstream handle; 0 is the
         legacy default stream). ``addresses``: the device addresses of the
         call's tensors (in ``bind``'s order), then of the transients buffer, then
         of each allocation."""
         lib = self.driver.lib
         for launch in bound.launches:
+            if isinstance(launch, _Copy):
+                (source, source_offset), (target, target_offset) = launch.source, launch.target
+                args = (addresses[target] + target_offset, addresses[source] + source_offset, launch.length, stream)
+                self._call(lib.cuMemcpyDtoDAsync_v2, args, f"cuMemcpyDtoDAsync of {launch.length} bytes")
+                continue
             kernel = launch.kernel
             with launch.lock:
                 pointers = launch.pointers
                 for i, (slot, offset) in enumerate(launch.sources):
                     pointers[i] = addresses[slot] + offset
                 args = (kernel.function, *launch.grid, *kernel.block, kernel.shared_memory, stream, launch.params, None)
-                status = lib.cuLaunchKernel(*args)
-                if status != 0 and self._foreign_context():
-                    # Another device's context is current on this thread: launch in ours,
-                    # leaving the caller's current context as it was.
-                    self.driver.check(lib.cuCtxPushCurrent_v2(self.context), "cuCtxPushCurrent")
-                    try:
-                        status = lib.cuLaunchKernel(*args)
-                    finally:
-                        lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
-            self.driver.check(status, f"cuLaunchKernel of {kernel.name} (grid {launch.grid}, block {kernel.block})")
+                self._call(lib.cuLaunchKernel, args,
+                           f"cuLaunchKernel of {kernel.name} (grid {launch.grid}, block {kernel.block})")
+
+    def _call(self, function, args, what: str) -> None:
+        status = function(*args)
+        if status != 0 and self._foreign_context():
+            # Another device's context is current on this thread: run in ours,
+            # leaving the caller's current context as it was.
+            lib = self.driver.lib
+            self.driver.check(lib.cuCtxPushCurrent_v2(self.context), "cuCtxPushCurrent")
+            try:
+                status = function(*args)
+            finally:
+                lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+        self.driver.check(status, what)
 
     def _foreign_context(self) -> bool:
         current = ctypes.c_void_p()

@@ -1,13 +1,16 @@
 """Launch plans: what a GPU artifact's entry points dispatch, as data.
 
 IREE compiles an entry point into a VM function that records dispatches into
-a command buffer and submits it. A launch plan is that function read once,
-when the artifact is built, from its VM assembly (``iree-compile
---compile-to=vm --output-format=vm-asm``): for each entry, the dispatches in
-order (which kernel, its grid, its 32-bit constants, and its bindings as
-(buffer, offset, length)), with every number an expression over the call's
-tensor dims and f32 scalars; and for each executable, its kernels as the
-driver loads them (PTX or HSACO, names, block dims, dynamic shared memory).
+a command buffer and submits it, or, where every shape is static, submits a
+command buffer recorded once at load time (``__init`` calls its recorder)
+with a binding table of the call's buffers (``queue.execute.indirect``). A
+launch plan is that function read once, when the artifact is built, from its
+VM assembly (``iree-compile --compile-to=vm --output-format=vm-asm``): for
+each entry, its steps in order, dispatches (which kernel, its grid, its
+32-bit constants, and its bindings as (buffer, offset)) and buffer copies,
+with every number an expression over the call's tensor dims and f32 scalars;
+and for each executable, its kernels as the driver loads them (PTX or HSACO,
+names, block dims, dynamic shared memory).
 With a plan, a caller that has a stream (torch's) launches the same kernels
 there directly, bypassing IREE's runtime (``lnbwd_iree.cuda_launch``).
 
@@ -30,7 +33,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-FORMAT = 1
+FORMAT = 2
 
 # The executable formats whose kernels can be launched directly, and how their
 # images are kept in JSON.
@@ -177,11 +180,18 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
+class Copy:
+    source: tuple  # (buffer, offset expression)
+    target: tuple  # (buffer, offset expression)
+    length: object  # expression, bytes
+
+
+@dataclass(frozen=True)
 class EntryPlan:
     arguments: int  # the VM function's arguments before the transients buffer and fences
     transients_size: object  # expression
     allocations: tuple  # size expressions of the buffers the function allocates
-    dispatches: tuple[Dispatch, ...]
+    steps: tuple  # Dispatch and Copy, in order
 
 
 @dataclass(frozen=True)
@@ -211,8 +221,7 @@ class LaunchPlan:
                     "arguments": p.arguments,
                     "transients_size": p.transients_size,
                     "allocations": list(p.allocations),
-                    "dispatches": [[d.executable, d.kernel, list(d.grid), list(d.constants),
-                                    [[b, o] for b, o in d.bindings]] for d in p.dispatches],
+                    "steps": [_step_json(step) for step in p.steps],
                 }
                 for name, p in self.entries.items()
             },
@@ -232,12 +241,26 @@ class LaunchPlan:
         entries = {
             name: EntryPlan(
                 p["arguments"], p["transients_size"], tuple(p["allocations"]),
-                tuple(Dispatch(d[0], d[1], tuple(d[2]), tuple(d[3]), tuple((b[0], b[1]) for b in d[4]))
-                      for d in p["dispatches"]),
+                tuple(_step_from_json(step) for step in p["steps"]),
             )
             for name, p in raw["entries"].items()
         }
         return cls(executables, entries)
+
+
+def _step_json(step):
+    if isinstance(step, Copy):
+        return {"copy": [list(step.source), list(step.target), step.length]}
+    return {"dispatch": [step.executable, step.kernel, list(step.grid), list(step.constants),
+                         [[b, o] for b, o in step.bindings]]}
+
+
+def _step_from_json(raw):
+    if "copy" in raw:
+        source, target, length = raw["copy"]
+        return Copy(tuple(source), tuple(target), length)
+    executable, kernel, grid, constants, bindings = raw["dispatch"]
+    return Dispatch(executable, kernel, tuple(grid), tuple(constants), tuple((b, o) for b, o in bindings))
 
 
 # ---- reading executables (IREE's CDA1 / HIP1 flatbuffers) ----------------------------------------
@@ -392,6 +415,25 @@ class _Module:
                 self.functions[function["name"]] = (arg_types, body)
             i += 1
 
+    def recorders(self) -> dict[str, str]:
+        """Command-buffer globals that ``__init`` fills by calling a function (IREE's
+        memoized command buffers) -> that function's name."""
+        _, body = self.functions.get("__init", ([], []))
+        called, found = {}, {}
+        for line in body:
+            assign = _ASSIGN.match(line)
+            if assign and assign["op"] == "vm.call":
+                call = _CALL.search(assign["rest"])
+                if call and call["callee"] in self.functions:
+                    called[assign["result"]] = call["callee"]
+                continue
+            statement = _STATEMENT.match(line)
+            if statement and statement["op"] == "vm.global.store.ref":
+                value, target = [p.strip() for p in statement["rest"].split(":")[0].split(",")]
+                if value in called:
+                    found[target.lstrip("@")] = called[value]
+        return found
+
     def executables(self) -> dict[str, Executable]:
         """Executable globals (as the entry functions load them) -> their kernels, from ``__init``."""
         _, body = self.functions.get("__init", ([], []))
@@ -437,7 +479,7 @@ class _Reader:
                 raise PlanError(f"{name}: argument {k} has type {arg_type}, which a launch plan does not take")
         self.blocks = self._blocks(body)
         self.allocations: list = []
-        self.dispatches: list[Dispatch] = []
+        self.steps: list = []
 
     @staticmethod
     def _blocks(body: list[str]) -> dict:
@@ -564,7 +606,7 @@ class _Reader:
             self.values[result] = ("allocator",)
         elif callee == "hal.command_buffer.create":
             self.values[result] = ("command_buffer",)
-        elif callee == "hal.fence.create":
+        elif callee in ("hal.fence.create", "hal.fence.join"):
             self.values[result] = ("fence",)
         elif callee == "hal.buffer_view.dim":
             view = self.value(operands[0])
@@ -597,6 +639,14 @@ class _Reader:
             return self._jump(target.split()[0])[0], [0]
         elif callee == "hal.command_buffer.dispatch":
             self.dispatch(operands)
+        elif callee == "hal.command_buffer.copy_buffer":
+            length = self.number(operands[7])
+            if self.number(operands[8]) != 0:
+                raise self.fail("a buffer copy with flags")
+            self.steps.append(Copy(self.binding(operands[1], operands[3], operands[4]),
+                                   self.binding(operands[2], operands[5], operands[6]), length))
+        elif callee == "hal.device.queue.execute.indirect":
+            self.execute_recorded(operands)
         else:
             raise self.fail(f"call of @{callee} is not one a launch plan knows")
         return None
@@ -618,17 +668,60 @@ class _Reader:
         bindings = []
         for binding in _split_top(operands[8].strip()[1:-1]):
             fields = _split_top(binding.strip()[1:-1])
-            if self.number(fields[0]) != 0 or self.number(fields[1]) != 0:
-                raise self.fail("a binding through a binding table (indirect)")
-            source, base = self.buffer(fields[2])
-            offset = self.number(fields[3])
-            bindings.append((source, offset if base == 0 else _apply("add.i64", [base, offset])))
+            if self.number(fields[0]) != 0:
+                raise self.fail("a binding whose reserved field is set")
+            bindings.append(self.binding(fields[1], fields[2], fields[3]))
         if len(constants) != kernel.constants or len(bindings) != kernel.bindings:
             raise self.fail(
                 f"dispatch of {kernel.name} passes {len(bindings)} bindings and {len(constants)} constants; "
                 f"the kernel takes {kernel.bindings} and {kernel.constants}"
             )
-        self.dispatches.append(Dispatch(function[1], kernel.name, grid, constants, tuple(bindings)))
+        self.steps.append(Dispatch(function[1], kernel.name, grid, constants, tuple(bindings)))
+
+    def binding(self, slot: str, buffer: str, offset: str) -> tuple:
+        """(buffer, offset) of a binding or copy operand: a buffer, or for a null
+        buffer the binding-table slot of a recorded command buffer (["slot", k])."""
+        if self.value(buffer) == ("null",):
+            return ["slot", self.number(slot)], self.number(offset)
+        if self.number(slot) != 0:
+            raise self.fail("a buffer passed together with a binding-table slot")
+        source, base = self.buffer(buffer)
+        offset = self.number(offset)
+        return source, offset if base == 0 else _apply("add.i64", [base, offset])
+
+    def execute_recorded(self, operands: list[str]) -> None:
+        """A command buffer recorded at load time, run with this call's binding table."""
+        command_buffer = self.value(operands[4])
+        recorder = self.module.recorders().get(command_buffer[1]) if command_buffer[0] == "global" else None
+        if recorder is None:
+            raise self.fail("queue.execute.indirect of a command buffer that __init does not record")
+        if self.number(operands[5]) != 0:
+            raise self.fail("queue.execute.indirect with flags")
+        table = []
+        for entry in _split_top(operands[6].strip()[1:-1]):
+            buffer, offset, _length = _split_top(entry.strip()[1:-1])
+            source, base = self.buffer(buffer)
+            offset = self.number(offset)
+            table.append((source, offset if base == 0 else _apply("add.i64", [base, offset])))
+        recorded = _Reader(self.module, recorder, self.executables)
+        recorded.run()
+        if recorded.allocations:
+            raise self.fail(f"{recorder} allocates")
+
+        def bound(source, offset):
+            if source[0] != "slot":
+                return source, offset
+            if source[1] >= len(table):
+                raise self.fail(f"{recorder} uses binding-table slot {source[1]} of {len(table)}")
+            buffer, base = table[source[1]]
+            return buffer, offset if base == 0 else _apply("add.i64", [base, offset])
+
+        for step in recorded.steps:
+            if isinstance(step, Copy):
+                self.steps.append(Copy(bound(*step.source), bound(*step.target), step.length))
+            else:
+                self.steps.append(Dispatch(step.executable, step.kernel, step.grid, step.constants,
+                                           tuple(bound(*b) for b in step.bindings)))
 
 
 def read_plan(asm: str, entry_names, what: str = "") -> LaunchPlan:
@@ -649,8 +742,12 @@ def read_plan(asm: str, entry_names, what: str = "") -> LaunchPlan:
                 size = _Reader(module, size_name, executables).run()
                 if not isinstance(size, (int, list)):
                     raise PlanError(f"{size_name} returns {size!r}, not a size")
-            entries[name] = EntryPlan(reader.arguments, size, tuple(reader.allocations), tuple(reader.dispatches))
-        used = {d.executable for p in entries.values() for d in p.dispatches}
+            slots = [b for d in reader.steps for b in (d.bindings if isinstance(d, Dispatch) else (d.source, d.target))
+                     if b[0][0] == "slot"]
+            if slots:
+                raise PlanError(f"{name}: a binding-table slot outside a recorded command buffer")
+            entries[name] = EntryPlan(reader.arguments, size, tuple(reader.allocations), tuple(reader.steps))
+        used = {d.executable for p in entries.values() for d in p.steps if isinstance(d, Dispatch)}
         return LaunchPlan({name: e for name, e in executables.items() if name in used}, entries)
     except PlanError as e:
         raise PlanError(f"{what}: {e}" if what else str(e)) from None

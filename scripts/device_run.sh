@@ -2,7 +2,7 @@
 # On a lent GPU machine with no compiler: install the carried runtime wheel and
 # this package, run the test suite on the cuda driver against carried
 # artifacts (.device/artifacts, made by `lnbwd-iree compile --out`), then bench.
-# Usage: scripts/device_run.sh [tests] [direct] [fair] [torch] [ddp] [rms] [trace] [fair-rms] [probe] [gaps] [bench DTYPE...]
+# Usage: scripts/device_run.sh [tests] [script] [direct] [fair] [torch] [ddp] [rms] [trace] [fair-rms] [probe] [gaps] [bench DTYPE...]
 #   fair: the full LayerNorm bench (every peer, backward and forward) on the seven shapes,
 #   one process per dtype, into $OUT/bench_cuda_{f32,bf16}.{json,md,png};
 #   fair-rms: the same for RMSNorm, into $OUT/bench_rmsnorm_cuda_*.
@@ -24,7 +24,7 @@ for step in "$@"; do
   case "$step" in
     tests)
       LNBWD_IREE_TEST_DEVICES=cuda,local-task python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests" \
-        -k "cuda or test_reference or test_validation" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
+        -k "${TESTS_K:-cuda or test_reference or test_validation}" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25 ;;
     fair|fair-rms)
       # The Liger wheel in .whl was installed above; its torch and triton are the machine's.
       norm=layernorm prefix=bench_cuda
@@ -94,6 +94,9 @@ for step in "$@"; do
     gaps)
       # GPU time per back-to-back call: kernels, idle inside a call, idle between calls. GAP_CASES: SHAPE:DTYPE ...
       python3 "$REPO/scripts/gpu_gaps.py" ${GAP_CASES:-8192x4096:bf16} 2>&1 | tee "$OUT/gpu_gaps.log" ;;
+    script)
+      # Any script of the carried tree, run with the installed package: SCRIPT=path (repo-relative).
+      python3 "$REPO/$SCRIPT" 2>&1 | tee "$OUT/script.log" ;;
     direct)
       # lnbwd_iree.torch's direct launch path: checks, no-host-sync, CUDA graph, module step vs torch.
       python3 "$REPO/scripts/direct_probe.py" 2>&1 | tee "$OUT/direct_probe.log" ;;
