@@ -234,12 +234,12 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path, iree_compiler
     import re
 
     from lnbwd_iree import compiler
-    from lnbwd_iree.ops import layernorm
+    from lnbwd_iree.ops import schedules
     from lnbwd_iree.targets import target_for
 
     target = target_for("cuda", "sm_80")
     spec = Specialization(RMSNORM_BACKWARD, dtype, 8192, 4096)
-    _, _, subgroups = layernorm.row_blocks(spec, target)
+    _, _, subgroups = schedules.row_blocks(spec, target)
     compiler.compile_spec(spec, target, [f"--iree-hal-dump-executable-files-to={tmp_path}"])
     (ptx,) = tmp_path.glob("*.ptx")
     text = ptx.read_text()
