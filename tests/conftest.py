@@ -2,11 +2,11 @@ import os
 import shutil
 import tempfile
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 from lnbwd_iree import LayerNormKernels, cache, compiler
+from lnbwd_iree.dtypes import STORAGE_DTYPES
 from lnbwd_iree.reference import TOLERANCE  # noqa: F401  (error bounds per dtype, for the test modules)
 
 # (driver, backend) pairs; GPU ones are skipped where no such device exists.
@@ -24,7 +24,8 @@ if os.environ.get("LNBWD_IREE_TEST_DEVICES"):
     wanted = os.environ["LNBWD_IREE_TEST_DEVICES"].split(",")
     BACKENDS = [b for b in BACKENDS if b[0] in wanted]
 
-DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16, "f64": np.float64}
+# Storage dtype name -> NumPy dtype, from the one dtype table.
+DTYPES = STORAGE_DTYPES
 
 _kernels: dict = {}
 

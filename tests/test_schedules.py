@@ -63,7 +63,7 @@ def test_one_pass_is_chosen_where_it_measured_faster(dtype, shape, target, expec
         blocks, rows, subgroups, rows_per_step = layernorm.step_blocks(spec, target)
         assert blocks * rows == spec.m
         assert f"tensor<{blocks}x{rows // rows_per_step}x{rows_per_step}x{spec.n}x{dtype}>" in source
-        lanes = 64 if target.chip.startswith("gfx9") else 32
+        lanes = 64 if target.chip in ("gfx942", "gfx90a") else 32
         assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
 
 
@@ -149,7 +149,7 @@ def test_forward_schedule_holds_rows_in_registers(dtype, n, target, expected):
     assert ("compilation_info" in source) == (expected is not None)
     if expected is not None:
         subgroups, step, _ = expected
-        lanes = 64 if target.chip.startswith("gfx9") else 32
+        lanes = 64 if target.chip in ("gfx942", "gfx90a") else 32
         assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
         assert source.count(f"partial_reduction = [0, {step}]") == 2
         assert f"serial = [0, {step}]" in source
@@ -386,3 +386,29 @@ def test_one_pass_designs_are_records_of_their_walk():
     assert rmsnorm.ONE_PASS_WALK == schedules.OneRowPerStep()
     schedule = schedules.row_block_schedule(spec, CUDA, one_pass.grid, 1, rmsnorm.ONE_PASS_WALK)
     assert "P" not in schedule.template and schedule.library["ROW_BLOCK_TERMS"] == ""
+
+
+def test_chip_and_driver_tables_are_checked_against_each_other(monkeypatch):
+    """The tables' keys must agree: a driver running an unknown backend, or a
+    shipped chip without known figures, is refused (RuntimeError), not assumed."""
+    from lnbwd_iree import targets
+
+    targets.check_tables()
+    monkeypatch.setitem(targets.DRIVERS, "metal", targets.Driver("metal", ("metal-spirv",), "apple9"))
+    with pytest.raises(RuntimeError, match="chip 'apple9' is no metal-spirv GPU chip known here"):
+        targets.check_tables()
+    monkeypatch.delitem(targets.DRIVERS, "metal")
+    cdna = targets.CHIP_FAMILIES[1]
+    monkeypatch.delitem(cdna.compute_units, "gfx90a")
+    with pytest.raises(RuntimeError, match="shipped or default chip 'gfx90a' \\(rocm\\) has no known compute units"):
+        targets.check_tables()
+
+
+def test_chip_families_give_subgroups_and_figures():
+    assert (GFX942.subgroup_size, GFX942.compute_units) == (64, 304)
+    assert (GFX1100.subgroup_size, GFX1100.compute_units) == (32, 48)
+    assert Target("rocm", "gfx1201", ("hip",)).compute_units is None
+    with pytest.raises(ValueError, match="chip 'sm_80' is no rocm GPU chip known here \\(known: gfx9\\*, gfx1\\*\\)"):
+        Target("rocm", "sm_80", ("hip",)).subgroup_size
+    with pytest.raises(ValueError, match=r"rocm artifacts do not run on \['cuda'\]: they run on \['hip'\]"):
+        Target("rocm", "gfx942", ("cuda",))
