@@ -50,7 +50,7 @@ class Target:
         if self.is_gpu:
             # The two row reductions and dX in one dispatch: one read of each
             # row of dY and X from memory instead of two. On llvm-cpu the fused
-            # dispatch measured 2.7x slower (4096x1024 f32), so CPUs go without.
+            # dispatch measured slower (docs/performance.md), so CPUs go without.
             flags.append("--iree-dispatch-creation-enable-aggressive-fusion")
         else:
             # IREE demotes f64 to f32 by default; f64 kernels must stay f64.

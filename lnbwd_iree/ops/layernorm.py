@@ -73,7 +73,7 @@ def partial_layout(spec: Specialization, target: Target, blocks: int) -> dict[st
     """Layout of the two-pass design's [G, 2, N] partial column sums
     (column_sums_blocked.mlir): G innermost on GPUs where G is large or the
     problem small, which makes the final sum cheap, else [G, 2, N], whose
-    writes are contiguous (docs/performance.md, "Numbers behind the rules")."""
+    writes are contiguous (docs/performance.md, "Numbers behind the design rules")."""
     if target.is_gpu and (blocks >= 512 or not spec.is_large()):
         return {"PARTIALS": f"2x?x{blocks}x{spec.accumulator}", "PARTIAL_INDEX": "(k, j, g)"}
     return {"PARTIALS": f"{blocks}x2x?x{spec.accumulator}", "PARTIAL_INDEX": "(g, k, j)"}

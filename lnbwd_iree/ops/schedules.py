@@ -3,7 +3,8 @@ row over subgroups, how column sums are blocked, and the one-pass row-block
 dispatch (a block's rows walked in a loop, its column partials held in
 registers). Each returns template fields or the numbers behind them; an op
 module (``ops/<op>.py``) picks among them and names its own templates.
-The numbers behind the rules are in docs/performance.md."""
+The measurements behind the rules are in docs/performance.md ("Numbers
+behind the design rules")."""
 
 from __future__ import annotations
 
