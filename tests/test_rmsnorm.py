@@ -14,7 +14,7 @@ from lnbwd_iree.kernels import RMSNORM_BACKWARD, RMSNORM_FORWARD, Specialization
 from lnbwd_iree.ops import rmsnorm
 from lnbwd_iree.reference import relative_error, rmsnorm_backward_reference, rmsnorm_forward_reference
 from lnbwd_iree.runtime import STATS_DTYPES
-from lnbwd_iree.targets import LLVM_CPU_HOST, Target
+from lnbwd_iree.targets import LLVM_CPU_HOST, Target, target_for
 
 # The kernels take eps as a float32 (runtime.check_eps): one the reference
 # sees exactly, since rows with mean(x^2) << eps (N == 1) are sensitive to it at f64 precision.
@@ -186,7 +186,7 @@ def test_gpu_design_uses_layernorm_row_schedules(chip):
     schedules; so does the backward's two-pass row dispatch where rows are
     too long for one pass (16384 > 512 lanes x 16); dynamic N and CPUs leave
     them to IREE. tests/test_schedules.py covers the one-pass backward."""
-    target = Target("cuda" if chip.startswith("sm") else "rocm", chip, ("cuda",))
+    target = target_for("cuda" if chip.startswith("sm") else "hip", chip)
     forward = Specialization(RMSNORM_FORWARD, "bf16", None, 4096).source(target)
     assert forward.count("lowering_config") >= 2 and "VectorDistribute" in forward
     backward = Specialization(RMSNORM_BACKWARD, "f32", 4096, 16384)
@@ -233,7 +233,6 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path, iree_compiler
 
     from lnbwd_iree import compiler
     from lnbwd_iree.ops import schedules
-    from lnbwd_iree.targets import target_for
 
     target = target_for("cuda", "sm_80")
     spec = Specialization(RMSNORM_BACKWARD, dtype, 8192, 4096)

@@ -9,7 +9,7 @@ behind the design rules")."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import row_block_pipeline
@@ -260,8 +260,8 @@ class RowBlockSchedule:
     op of the dispatch its own lowering config back (found by its
     ``lnbwd_role`` attribute)."""
 
-    template: dict[str, str] = field(default_factory=dict)
-    library: dict[str, str] = field(default_factory=dict)
+    template: dict[str, str]
+    library: dict[str, str]
 
     def library_source(self) -> str:
         return render("row_block_configs.mlir", self.library)
