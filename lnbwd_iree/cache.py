@@ -1,19 +1,20 @@
 """The artifact store: finds a valid .vmfb for a (specialisation, target) or builds one.
 
 Each artifact ``<stem>_<target>.vmfb`` has a sidecar ``.vmfb.json`` recording
-everything that decides its bytes (MLIR source hash, dtype, static dims,
-target, chip, compiler version, flags) and the SHA-256 of the bytes; GPU
-artifacts also have their launch plan, ``<stem>_<target>.plan.json``
+everything that decides its bytes (the hash of its MLIR source and transform
+library, dtype, static dims, target, chip or host CPU, compiler version,
+flags) and the SHA-256 of the bytes; GPU artifacts also have their launch plan, ``<stem>_<target>.plan.json``
 (``lnbwd_iree.launch_plan``), whose SHA-256 the record holds too. An
 artifact whose record disagrees with what would be built now, or whose bytes
 do not match their hash, is stale or corrupt: it is rebuilt, never loaded.
 Files are written to a temporary name and renamed, so concurrent builders
 and interrupted builds never leave a half-written artifact in place.
 
-The cache folder grows by one artifact per (kernel, dtype, shape, target);
-``cached_artifacts``, ``clear`` and ``prune`` (``lnbwd-iree cache``) list and
-trim it. A load from the cache refreshes the artifact's modification time, so
-that time is when it was last used."""
+The cache folder grows by one artifact per (kernel, signature, target): a
+dtype and static dims, where per-N kernels (``Kernel.per_n``) have no static
+M; ``stored_artifacts``, ``clear`` and ``prune`` (``lnbwd-iree cache``) list
+and trim it. A load from the cache refreshes the artifact's modification
+time, so that time is when it was last used."""
 
 from __future__ import annotations
 

@@ -256,12 +256,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return action.help if action.default is None or action.nargs == 0 else super()._get_help_string(action)
 
 
+CHIP_HELP = "GPU architecture for cuda/hip, e.g. sm_89 or gfx90a (default: {} / {})".format(
+    targets.DRIVERS["cuda"].default_chip, targets.DRIVERS["hip"].default_chip
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lnbwd-iree", description=__doc__, epilog=COLUMNS, formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=versions())
     sub = p.add_subparsers(dest="command", metavar="{run,compile,bench,cache,info}")
     add = lambda name, **kw: sub.add_parser(name, formatter_class=_HelpFormatter, **kw)  # noqa: E731
-    devices = sorted(targets.DRIVER_BACKEND)
+    devices = sorted(targets.DRIVERS)
 
     run = add("run", help="CK-style example: [verify init time], PASS/FAIL vs float64", epilog=COLUMNS,
               description="Runs the forward, then the backward, on random inputs; compares with a float64 reference.")
@@ -276,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--n", type=positive_int, default=512, help="row length, the normalised dim")
     run.add_argument("--dtype", choices=DTYPES, default="f32", help="storage dtype (f64 on CPUs only)")
     run.add_argument("--device", choices=devices, default="local-task", help="IREE driver")
-    run.add_argument("--chip", help="GPU architecture for cuda/hip, e.g. sm_89 or gfx90a (default: sm_80 / gfx942)")
+    run.add_argument("--chip", help=CHIP_HELP)
     run.add_argument("--backend", choices=("llvm-cpu", "vmvx"),
                      help="local drivers: vmvx runs IREE's portable VM backend (default: llvm-cpu)")
     run.add_argument("--artifact-dir", help="folder made by `lnbwd-iree compile --out`, searched before the cache")
@@ -317,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the normalisation to time (`run` and `compile` call it --op)")
     b.add_argument("--op", choices=("backward", "forward", "both"), default="backward",
                    help="which pass of --norm to time")
-    b.add_argument("--chip", help="GPU architecture for cuda/hip, e.g. sm_89 or gfx90a (default: sm_80 / gfx942)")
+    b.add_argument("--chip", help=CHIP_HELP)
     b.add_argument("--artifact-dir", help="folder made by `lnbwd-iree compile --out`, searched before the cache")
     b.add_argument("--impl", action="append", choices=bench.IMPLS, metavar="IMPL",
                    help="time only these (repeatable; names below; default: all that run beside the device)")

@@ -42,6 +42,11 @@ TABLE: dict[str, DType] = {
         DType("f64", np.dtype(np.float64), "float64", "f64"),
     )
 }
+for _dtype in TABLE.values():
+    if _dtype.accumulator not in TABLE:
+        raise RuntimeError(f"dtypes.TABLE: {_dtype.name}'s arithmetic type {_dtype.accumulator} is not in the table")
+    if TABLE[_dtype.accumulator].accumulator != _dtype.accumulator:
+        raise RuntimeError(f"dtypes.TABLE: {_dtype.accumulator}, the arithmetic type of {_dtype.name}, must be its own")
 DTYPES = tuple(TABLE)
 ITEMSIZE = {name: d.itemsize for name, d in TABLE.items()}
 ACCUMULATOR = {name: d.accumulator for name, d in TABLE.items()}

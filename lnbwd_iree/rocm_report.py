@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .compiler import compile_spec
 from .specialization import Specialization
-from .targets import Target
+from .targets import Target, chip_family
 
 _FIELDS = {
     "name": str,
@@ -52,13 +52,11 @@ class KernelResources:
 
     def waves_per_simd(self, chip: str) -> int:
         """Occupancy as the register file allows it (an upper bound: LDS and
-        workgroup size can lower it). CDNA (gfx9): 512 VGPRs + AGPRs per lane,
-        granule 8, at most 8 waves; RDNA3 (gfx11, wave32): 1536 per lane,
-        granule 8, at most 16 waves."""
+        workgroup size can lower it): the chip family's registers per lane
+        and most waves per SIMD (targets.CHIP_FAMILIES), in granules of 8."""
+        family = chip_family("rocm", chip)
         used = max(8, -(-(self.vgpr_count + self.agpr_count) // 8) * 8)
-        if chip.startswith("gfx9"):
-            return min(8, 512 // used)
-        return min(16, 1536 // used)
+        return min(family.max_waves_per_simd, family.registers_per_lane // used)
 
 
 def parse_metadata(assembly: str) -> list[KernelResources]:

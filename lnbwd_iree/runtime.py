@@ -25,15 +25,15 @@ from .cache import ArtifactStore
 from .dtypes import NUMPY_DTYPES, STATS_DTYPES, STORAGE_DTYPES
 from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
 from .specialization import Entry, Kernel, Role, Specialization
-from .targets import DRIVER_BACKEND, target_for
+from .targets import DRIVERS, target_for
 
 __all__ = ["NUMPY_DTYPES", "STATS_DTYPES", "STORAGE_DTYPES", "LayerNormKernels", "check_eps", "check_problem"]
 
 
 def open_device(driver: str) -> ireert.HalDevice:
     """The first device of ``driver``, with an error that names what is missing."""
-    if driver not in DRIVER_BACKEND:
-        raise ValueError(f"unknown device {driver!r}; expected one of {sorted(DRIVER_BACKEND)}")
+    if driver not in DRIVERS:
+        raise ValueError(f"unknown device {driver!r}; expected one of {sorted(DRIVERS)}")
     if driver not in ireert.query_available_drivers():
         raise RuntimeError(f"this iree-base-runtime build has no {driver!r} driver")
     try:

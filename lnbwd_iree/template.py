@@ -4,9 +4,7 @@ A template is real MLIR with three kinds of holes:
 
 * ``{FIELD}`` (upper-case name): replaced by a value (``{T}``, ``{M}``, ``{N}``)
   or, when the value names a ``.mlir`` file, by that template rendered with
-  the same fields (``{ROW_STATISTICS}``, ``{COLUMN_SUMS}``, ``{FINAL_SUMS}``; ``{ROW_SUM_G_BODY}``,
-  ``{ROW_SUM_GC_XHAT_BODY}`` and ``{DX_BODY}`` are op bodies that both
-  backward designs share).
+  the same fields (an op's design picks its parts this way).
 * ``%a = widen %b`` lines: ``arith.extf`` from the storage type ``T`` to
   the arithmetic type ``A``; ``%a = narrow %b``: back from ``A`` to ``T``;
   ``%a = from_f32 %b``: from f32 (the eps argument) to ``A``.
@@ -14,6 +12,10 @@ A template is real MLIR with three kinds of holes:
 Where source and target types are equal the conversion would be a no-op that
 MLIR does not accept (extf f32 -> f32 is invalid), so the line is dropped and
 the converted name is renamed to its source throughout the text.
+
+Every field given must be read by the template or one it includes (``T``
+and ``A`` by its conversions): a field nothing reads is a design rule that
+no longer reaches the source, and is refused by name.
 """
 
 from __future__ import annotations
@@ -26,21 +28,12 @@ from .dtypes import TABLE
 _FIELD = re.compile(r"\{([A-Z_]+)\}")
 _CONVERSION = re.compile(r"^(?P<indent>\s*)(?P<dst>%\w+) = (?P<op>widen|narrow|from_f32) (?P<src>%\w+)\s*$")
 
-# Included in every template that names it.
-_DEFAULT_FIELDS = {
-    "ROW_STATISTICS": "row_statistics.mlir",
-    "ROW_SUM_G_BODY": "row_sum_g_body.mlir",
-    "ROW_SUM_GC_XHAT_BODY": "row_sum_gc_xhat_body.mlir",
-    "DX_BODY": "dx_body.mlir",
-}
-
-
 def read_template(name: str) -> str:
     """Returns the text of ``mlir/<name>`` as shipped with the package."""
     return resources.files("lnbwd_iree.mlir").joinpath(name).read_text()
 
 
-def _apply_conversions(text: str, storage_type: str, acc_type: str) -> str:
+def _apply_conversions(text: str, storage_type: str | None, acc_type: str | None) -> str:
     out_lines = []
     renames: dict[str, str] = {}
     for line in text.splitlines():
@@ -68,18 +61,38 @@ def _apply_conversions(text: str, storage_type: str, acc_type: str) -> str:
 
 
 def render(name: str, fields: dict[str, str]) -> str:
-    """Renders template ``name`` with ``fields`` (``T``, ``M``, ``N``, ...)."""
+    """Renders template ``name`` with ``fields`` (``T``, ``M``, ``N``, ...).
 
-    fields = {**_DEFAULT_FIELDS, **fields}
+    Raises KeyError for a field a template reads that ``fields`` lacks, and
+    ValueError for one that no included template reads."""
+    read: set[str] = set()
+    included = [name]
 
-    def substitute(text: str) -> str:
+    def substitute(text: str, template: str) -> str:
         def one(match: re.Match) -> str:
             key = match.group(1)
             if key not in fields:
-                raise KeyError(f"template {name} uses field {{{key}}} but no value was given for it")
+                raise KeyError(f"template {template} uses field {{{key}}} but no value was given for it")
+            read.add(key)
             value = str(fields[key])
-            return substitute(read_template(value)) if value.endswith(".mlir") else value
+            if not value.endswith(".mlir"):
+                return value
+            included.append(value)
+            return substitute(read_template(value), value)
 
         return _FIELD.sub(one, text)
 
-    return _apply_conversions(substitute(read_template(name)), fields["T"], fields["A"])
+    text = substitute(read_template(name), name)
+    if any(_CONVERSION.match(line) for line in text.splitlines()):
+        for key in ("T", "A"):
+            if key not in fields:
+                raise KeyError(f"template {name} converts between T and A but no value was given for {{{key}}}")
+        read.update(("T", "A"))
+    text = _apply_conversions(text, fields.get("T"), fields.get("A"))
+    unread = sorted(set(fields) - read)
+    if unread:
+        raise ValueError(
+            f"template {name} reads no field {', '.join(unread)} (neither it nor what it includes: "
+            f"{', '.join(dict.fromkeys(included[1:])) or 'nothing'})"
+        )
+    return text

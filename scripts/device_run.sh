@@ -86,14 +86,14 @@ for step in "$@"; do
       done ;;
     trace)
       # torch.profiler timeline of the module's training step (host pieces and GPU kernels).
-      python3 "$REPO/scripts/torch_step_trace.py" --shape 4096x1024 --shape 8192x4096 --dtype f32 --dtype bf16 2>&1 \
+      python3 "$REPO/scripts/probes/torch_step_trace.py" --shape 4096x1024 --shape 8192x4096 --dtype f32 --dtype bf16 2>&1 \
         | tee "$OUT/torch_step_trace.log" | grep -E "^==|back-to-back" ;;
     probe)
-      # Backward variants built by scripts/kernel_probe.py into .device/probe: checked, then timed interleaved.
-      python3 "$REPO/scripts/kernel_probe.py" run "$REPO/.device/probe" "$OUT/probe.json" 2>&1 | tee "$OUT/probe.log" | grep -v "^  " ;;
+      # Backward variants built by scripts/probes/kernel_probe.py into .device/probe: checked, then timed interleaved.
+      python3 "$REPO/scripts/probes/kernel_probe.py" run "$REPO/.device/probe" "$OUT/probe.json" 2>&1 | tee "$OUT/probe.log" | grep -v "^  " ;;
     gaps)
       # GPU time per back-to-back call: kernels, idle inside a call, idle between calls. GAP_CASES: SHAPE:DTYPE ...
-      python3 "$REPO/scripts/gpu_gaps.py" ${GAP_CASES:-8192x4096:bf16} 2>&1 | tee "$OUT/gpu_gaps.log" ;;
+      python3 "$REPO/scripts/probes/gpu_gaps.py" ${GAP_CASES:-8192x4096:bf16} 2>&1 | tee "$OUT/gpu_gaps.log" ;;
     script)
       # Any script of the carried tree, run with the installed package: SCRIPT=path (repo-relative).
       python3 "$REPO/$SCRIPT" 2>&1 | tee "$OUT/script.log" ;;
@@ -101,13 +101,13 @@ for step in "$@"; do
       # lnbwd_iree.torch's direct launch path: checks, no-host-sync, CUDA graph, module step vs torch.
       python3 "$REPO/scripts/direct_probe.py" 2>&1 | tee "$OUT/direct_probe.log" ;;
     overhead)
-      python3 "$REPO/scripts/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
+      python3 "$REPO/scripts/probes/call_overhead.py" 1024x512 4096x1024 8192x4096 ;;
     profile)
       # ncu per-dispatch times; PROFILE_CASES: space-separated SHAPE:DTYPE:NORM.
       for case in ${PROFILE_CASES:-8192x4096:f32:layernorm}; do
         IFS=: read -r shape dtype norm <<< "$case"
         echo "== $shape $dtype $norm" | tee -a "$OUT/ncu.log"
-        ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/profile_dispatches.py" "$shape" "$dtype" "$norm" 2>&1 \
+        ncu --metrics gpu__time_duration.sum --clock-control none python3 "$REPO/scripts/probes/profile_dispatches.py" "$shape" "$dtype" "$norm" 2>&1 \
           | grep -E "dispatch|gpu__time_duration" | tee -a "$OUT/ncu.log" | tail -40
       done ;;
   esac

@@ -1,17 +1,21 @@
+import contextlib
 import os
 import shutil
 import tempfile
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 from lnbwd_iree import LayerNormKernels, cache, compiler
-from lnbwd_iree.reference import TOLERANCE  # noqa: F401  (error bounds per dtype, for the test modules)
+from lnbwd_iree.cache import ArtifactNotFoundError
+from lnbwd_iree.dtypes import STORAGE_DTYPES
+from lnbwd_iree.reference import TOLERANCE, relative_error  # noqa: F401  (TOLERANCE: for the test modules)
+from lnbwd_iree.runtime import open_device
 
 # (driver, backend) pairs; GPU ones are skipped where no such device exists.
 # LNBWD_IREE_TEST_DEVICES (comma-separated drivers) narrows the list, e.g. to
-# "cuda" on a GPU machine that has precompiled artifacts but no compiler.
+# "cuda" on a GPU machine that has precompiled artifacts but no compiler, and
+# makes the devices it names required: one that does not open is an error.
 BACKENDS = [
     ("local-task", "llvm-cpu"),
     ("local-task", "vmvx"),
@@ -20,11 +24,13 @@ BACKENDS = [
     ("hip", None),
     ("vulkan", None),
 ]
-if os.environ.get("LNBWD_IREE_TEST_DEVICES"):
-    wanted = os.environ["LNBWD_IREE_TEST_DEVICES"].split(",")
-    BACKENDS = [b for b in BACKENDS if b[0] in wanted]
+DEVICES_ENV = "LNBWD_IREE_TEST_DEVICES"
+NAMED_DEVICES = tuple(d for d in os.environ.get(DEVICES_ENV, "").split(",") if d)
+if NAMED_DEVICES:
+    BACKENDS = [b for b in BACKENDS if b[0] in NAMED_DEVICES]
 
-DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16, "f64": np.float64}
+# Storage dtype name -> NumPy dtype, from the one dtype table.
+DTYPES = STORAGE_DTYPES
 
 _kernels: dict = {}
 
@@ -59,17 +65,36 @@ def cache_dir():
     return os.environ[cache.CACHE_ENV]
 
 
+def open_kernels(backend, cache_dir, **options) -> LayerNormKernels:
+    """``LayerNormKernels`` on ``backend`` (driver, IREE backend), or a skip
+    where this machine has no such device; a device LNBWD_IREE_TEST_DEVICES
+    names fails the test instead. Only opening the device is caught: errors
+    of the kernels themselves propagate."""
+    driver, name = backend
+    try:
+        device = open_device(driver)
+    except RuntimeError as e:
+        if driver in NAMED_DEVICES:
+            pytest.fail(f"{driver} is named in {DEVICES_ENV} but does not open: {e}")
+        pytest.skip(f"{driver}: {e}")
+    return LayerNormKernels(driver, backend=name, cache_dir=cache_dir, hal_device=device, **options)
+
+
+@contextlib.contextmanager
+def skip_missing_artifact(backend):
+    """Skips where an artifact is missing and no compiler is installed to
+    build it (the GPU machine runs the suite with the runtime alone)."""
+    try:
+        yield
+    except ArtifactNotFoundError as e:
+        pytest.skip(f"{backend_id(backend)}: {e}")
+
+
 @pytest.fixture(params=BACKENDS, ids=backend_id)
 def kernels(request, cache_dir) -> LayerNormKernels:
-    driver, backend = request.param
     if request.param not in _kernels:
-        try:
-            # The dynamic-shape artifact; test_static_shape_artifacts covers the specialised ones.
-            _kernels[request.param] = LayerNormKernels(driver, backend=backend, cache_dir=cache_dir, static_shapes=False)
-        except RuntimeError as e:
-            _kernels[request.param] = e
-    if isinstance(_kernels[request.param], Exception):
-        pytest.skip(f"{driver}: {_kernels[request.param]}")
+        # The dynamic-shape artifact; test_static_shape_artifacts covers the specialised ones.
+        _kernels[request.param] = open_kernels(request.param, cache_dir, static_shapes=False)
     return _kernels[request.param]
 
 
@@ -107,3 +132,42 @@ def iree_compiler():
     GPU machine runs the suite with the runtime alone)."""
     if compiler.compiler_version() is None:
         pytest.skip("iree-base-compiler is not installed")
+
+
+def host(results):
+    return [np.asarray(r.to_host()) for r in results]
+
+
+def assert_close(name, got, want, tol, scale=0.0):
+    """Norm-wise relative error below ``tol``. ``scale``: the norm of the terms
+    that cancel into ``want`` (for dX, ||rstd * gamma * dY||), so a result that
+    is exactly 0 in real arithmetic, as dX is for N == 1, is judged against the
+    size of what was rounded rather than against 0."""
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    got64, want64 = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    denom = max(np.linalg.norm(want64), scale)
+    error = np.linalg.norm(got64 - want64) / denom if denom > 0 else relative_error(got, want)
+    assert error < tol, f"{name}: relative error {error:.3g} >= {tol:.3g}"
+
+
+def dx_scale(dy, gamma, rstd):
+    return float(np.linalg.norm(np.asarray(dy, np.float64) * np.asarray(gamma, np.float64) * rstd[..., None]))
+
+
+def sum_scales(dy, x, gamma, mean, rstd):
+    """Scales for (dX, dgamma, dbeta): for the column sums, the norm of the
+    sums of absolute terms, which bounds f32 summation error when the terms
+    cancel (a 17-row dbeta can be near 0 with terms of size 1)."""
+    dy64 = np.asarray(dy, np.float64)
+    x_hat = (np.asarray(x, np.float64) - mean[..., None]) * rstd[..., None]
+    rows = tuple(range(dy64.ndim - 1))
+    return (
+        dx_scale(dy, gamma, rstd),
+        float(np.linalg.norm(np.abs(dy64 * x_hat).sum(axis=rows))),
+        float(np.linalg.norm(np.abs(dy64).sum(axis=rows))),
+    )
+
+
+def bench_args(tmp_path, *extra, name="out.json"):
+    # A small L2 keeps the rotation a few sets of these tiny inputs.
+    return ["bench", "--shape", "16x24", "--dtype", "f32", "--l2-bytes", "4096", "--json", str(tmp_path / name), *extra]

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import bench_args
 
 from lnbwd_iree import bench
 from lnbwd_iree.bench import peers, runner, timing
@@ -12,11 +13,6 @@ from lnbwd_iree.cli import main
 
 RECORD_KEYS = {"impl", "op", "m", "n", "dtype", "median_us", "gbps", "pct_of_copy", "build", "correct",
                "max_rel_error", "input_sets", "rotated_beyond_2x_l2"}
-
-
-def bench_args(tmp_path, *extra, name="out.json"):
-    # A small L2 keeps the rotation a few sets of these tiny inputs.
-    return ["bench", "--shape", "16x24", "--dtype", "f32", "--l2-bytes", "4096", "--json", str(tmp_path / name), *extra]
 
 
 def test_backward_and_forward_records(tmp_path, capsys):

@@ -4,24 +4,22 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, DTYPES, TOLERANCE, backend_id, random_problem
+from conftest import BACKENDS, DTYPES, TOLERANCE, backend_id, open_kernels, random_problem, skip_missing_artifact, skip_unsupported
 
-from lnbwd_iree import LayerNormKernels
 from lnbwd_iree.reference import relative_error
 
 NAMES = ("y", "mean", "rstd", "dx", "dgamma", "dbeta")
 
 
 def outputs(backend, dtype, inputs, cache_dir):
-    """All six outputs on ``backend``, or a skip naming why it cannot run here
-    (no device, a dtype it lacks, or no compiler for a missing artifact)."""
+    """All six outputs on ``backend``, or a skip naming why it cannot run here:
+    no device, a dtype it lacks, or no compiler for a missing artifact. Any
+    other error of the kernels fails the test."""
     dy, x, gamma, beta = inputs
-    try:
-        kernels = LayerNormKernels(backend[0], backend=backend[1], cache_dir=cache_dir)
-        kernels.target.check_dtype(dtype)
+    kernels = open_kernels(backend, cache_dir)
+    skip_unsupported(kernels, dtype)
+    with skip_missing_artifact(backend):
         results = (*kernels.forward(x, gamma, beta), *kernels.backward(dy, x, gamma))
-    except (RuntimeError, TypeError) as e:
-        pytest.skip(f"{backend_id(backend)}: {e}")
     return [np.asarray(r.to_host()) for r in results]
 
 

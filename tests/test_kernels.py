@@ -2,48 +2,14 @@
 
 import numpy as np
 import pytest
-from conftest import DTYPES, TOLERANCE, random_problem, skip_unsupported
+from conftest import DTYPES, TOLERANCE, assert_close, host, random_problem, skip_unsupported, sum_scales
 
 from lnbwd_iree import LayerNormKernels
 from lnbwd_iree.runtime import STATS_DTYPES
-from lnbwd_iree.reference import backward_reference, forward_reference, relative_error
+from lnbwd_iree.reference import backward_reference, forward_reference
 
 # Odd sizes on purpose: single rows and columns, N not a multiple of 4 or 64.
 SHAPES = [(1, 64), (17, 1), (5, 760), (64, 1000), (33, 4096), (2, 3, 96)]
-
-
-def host(results):
-    return [np.asarray(r.to_host()) for r in results]
-
-
-def assert_close(name, got, want, tol, scale=0.0):
-    """Norm-wise relative error below ``tol``. ``scale``: the norm of the terms
-    that cancel into ``want`` (for dX, ||rstd * gamma * dY||), so a result that
-    is exactly 0 in real arithmetic, as dX is for N == 1, is judged against the
-    size of what was rounded rather than against 0."""
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    got64, want64 = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    denom = max(np.linalg.norm(want64), scale)
-    error = np.linalg.norm(got64 - want64) / denom if denom > 0 else relative_error(got, want)
-    assert error < tol, f"{name}: relative error {error:.3g} >= {tol:.3g}"
-
-
-def dx_scale(dy, gamma, rstd):
-    return float(np.linalg.norm(np.asarray(dy, np.float64) * np.asarray(gamma, np.float64) * rstd[..., None]))
-
-
-def sum_scales(dy, x, gamma, mean, rstd):
-    """Scales for (dX, dgamma, dbeta): for the column sums, the norm of the
-    sums of absolute terms, which bounds f32 summation error when the terms
-    cancel (a 17-row dbeta can be near 0 with terms of size 1)."""
-    dy64 = np.asarray(dy, np.float64)
-    x_hat = (np.asarray(x, np.float64) - mean[..., None]) * rstd[..., None]
-    rows = tuple(range(dy64.ndim - 1))
-    return (
-        dx_scale(dy, gamma, rstd),
-        float(np.linalg.norm(np.abs(dy64 * x_hat).sum(axis=rows))),
-        float(np.linalg.norm(np.abs(dy64).sum(axis=rows))),
-    )
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

@@ -7,15 +7,14 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, DTYPES, TOLERANCE, backend_id, random_problem, skip_unsupported
-from test_kernels import assert_close, host
+from conftest import BACKENDS, DTYPES, TOLERANCE, assert_close, backend_id, host, open_kernels, random_problem, skip_missing_artifact, skip_unsupported
 
 from lnbwd_iree import LayerNormKernels, rmsnorm_backward, rmsnorm_forward
 from lnbwd_iree.kernels import RMSNORM_BACKWARD, RMSNORM_FORWARD, Specialization
 from lnbwd_iree.ops import rmsnorm
 from lnbwd_iree.reference import relative_error, rmsnorm_backward_reference, rmsnorm_forward_reference
 from lnbwd_iree.runtime import STATS_DTYPES
-from lnbwd_iree.targets import LLVM_CPU_HOST, Target
+from lnbwd_iree.targets import LLVM_CPU_HOST, Target, target_for
 
 # The kernels take eps as a float32 (runtime.check_eps): one the reference
 # sees exactly, since rows with mean(x^2) << eps (N == 1) are sensitive to it at f64 precision.
@@ -124,12 +123,11 @@ def test_backends_agree(pair, dtype, rng, cache_dir):
     dy, x, gamma, _ = random_problem(rng, (37, 300), dtype)
     results = []
     for backend in pair:
-        try:
-            kernels = LayerNormKernels(backend[0], backend=backend[1], cache_dir=cache_dir)
+        # Skipped only for no device or no compiler for a missing artifact; f32 and bf16 run everywhere.
+        kernels = open_kernels(backend, cache_dir)
+        with skip_missing_artifact(backend):
             y, rstd = kernels.rmsnorm_forward(x, gamma, eps=EPS)
             results.append(host((y, rstd, *kernels.rmsnorm_backward(dy, x, gamma, eps=EPS))))
-        except (RuntimeError, TypeError) as e:
-            pytest.skip(f"{backend_id(backend)}: {e}")
     for name, a, b in zip(("y", "rstd", "dx", "dgamma"), *results):
         assert relative_error(a, b) < 2 * TOLERANCE[dtype], name
 
@@ -188,7 +186,7 @@ def test_gpu_design_uses_layernorm_row_schedules(chip):
     schedules; so does the backward's two-pass row dispatch where rows are
     too long for one pass (16384 > 512 lanes x 16); dynamic N and CPUs leave
     them to IREE. tests/test_schedules.py covers the one-pass backward."""
-    target = Target("cuda" if chip.startswith("sm") else "rocm", chip, ("cuda",))
+    target = target_for("cuda" if chip.startswith("sm") else "hip", chip)
     forward = Specialization(RMSNORM_FORWARD, "bf16", None, 4096).source(target)
     assert forward.count("lowering_config") >= 2 and "VectorDistribute" in forward
     backward = Specialization(RMSNORM_BACKWARD, "f32", 4096, 16384)
@@ -234,12 +232,11 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, tmp_path, iree_compiler
     import re
 
     from lnbwd_iree import compiler
-    from lnbwd_iree.ops import layernorm
-    from lnbwd_iree.targets import target_for
+    from lnbwd_iree.ops import schedules
 
     target = target_for("cuda", "sm_80")
     spec = Specialization(RMSNORM_BACKWARD, dtype, 8192, 4096)
-    _, _, subgroups = layernorm.row_blocks(spec, target)
+    _, _, subgroups = schedules.row_blocks(spec, target)
     compiler.compile_spec(spec, target, [f"--iree-hal-dump-executable-files-to={tmp_path}"])
     (ptx,) = tmp_path.glob("*.ptx")
     text = ptx.read_text()

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_bench import bench_args
+from conftest import bench_args
 
 from lnbwd_iree import bench, cache
 from lnbwd_iree.cli import main

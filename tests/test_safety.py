@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import DTYPES, TOLERANCE, random_problem, skip_unsupported
+from conftest import DTYPES, TOLERANCE, assert_close, host, random_problem, skip_unsupported, sum_scales
 from iree import runtime as ireert
-from test_kernels import assert_close, host, sum_scales
 
 from lnbwd_iree import LayerNormKernels, cache
 from lnbwd_iree.kernels import LAYERNORM_FORWARD, Specialization

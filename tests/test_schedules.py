@@ -6,7 +6,7 @@ import pytest
 
 from lnbwd_iree import row_block_pipeline
 from lnbwd_iree.kernels import KERNELS, LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, Specialization
-from lnbwd_iree.ops import layernorm
+from lnbwd_iree.ops import layernorm, schedules
 from lnbwd_iree.targets import TARGET_MATRIX, Target, target_for
 
 CUDA = target_for("cuda", "sm_80")
@@ -56,14 +56,14 @@ CPU = target_for("local-task")
 )
 def test_one_pass_is_chosen_where_it_measured_faster(dtype, shape, target, expected):
     spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
-    assert layernorm.row_blocks(spec, target) == expected
+    assert schedules.row_blocks(spec, target) == expected
     source = spec.source(target)
     assert ("flow.dispatch.region" in source) == (expected is not None)
     if expected is not None:
         blocks, rows, subgroups, rows_per_step = layernorm.step_blocks(spec, target)
         assert blocks * rows == spec.m
         assert f"tensor<{blocks}x{rows // rows_per_step}x{rows_per_step}x{spec.n}x{dtype}>" in source
-        lanes = 64 if target.chip.startswith("gfx9") else 32
+        lanes = 64 if target.chip in ("gfx942", "gfx90a") else 32
         assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
 
 
@@ -94,9 +94,9 @@ def test_16_bit_rows_share_a_loop_step(dtype, shape, target, expected):
 
 def test_partial_sum_schedule_needs_blocks_that_split_evenly():
     spec = Specialization(LAYERNORM_BACKWARD, "f32", 8192, 4096)
-    assert "subgroup_basis = [[1, 8], [0, 1]]" in layernorm.partial_sum_config(spec, 32, 256)
-    assert "subgroup_basis = [[1, 2], [0, 1]]" in layernorm.partial_sum_config(spec, 32, 64)
-    assert layernorm.partial_sum_config(spec, 32, 48) == ""
+    assert "subgroup_basis = [[1, 8], [0, 1]]" in schedules.partial_sum_config(spec, 32, 256)
+    assert "subgroup_basis = [[1, 2], [0, 1]]" in schedules.partial_sum_config(spec, 32, 64)
+    assert schedules.partial_sum_config(spec, 32, 48) == ""
 
 
 @pytest.mark.parametrize(
@@ -144,12 +144,12 @@ def test_final_sums_write_each_result_directly_on_gpus(dtype, shape, target, sli
 )
 def test_forward_schedule_holds_rows_in_registers(dtype, n, target, expected):
     spec = Specialization(LAYERNORM_FORWARD, dtype, None, n)
-    assert layernorm.forward_schedule(spec, target) == expected
+    assert schedules.forward_schedule(spec, target) == expected
     source = spec.source(target)
     assert ("compilation_info" in source) == (expected is not None)
     if expected is not None:
         subgroups, step, _ = expected
-        lanes = 64 if target.chip.startswith("gfx9") else 32
+        lanes = 64 if target.chip in ("gfx942", "gfx90a") else 32
         assert f"workgroup_size = [{lanes * subgroups}, 1, 1] subgroup_size = {lanes}" in source
         assert source.count(f"partial_reduction = [0, {step}]") == 2
         assert f"serial = [0, {step}]" in source
@@ -203,7 +203,7 @@ def test_one_pass_keeps_the_partials_in_registers(dtype, shape, target):
 )
 def test_two_passes_need_no_transform_library(dtype, shape, target):
     spec = Specialization(LAYERNORM_BACKWARD, dtype, *shape)
-    assert layernorm.row_blocks(spec, target) is None
+    assert schedules.row_blocks(spec, target) is None
     assert spec.transform_library(target) == ""
     assert "pass_pipeline" not in spec.source(target)
 
@@ -242,7 +242,7 @@ def test_blocked_backward_sums_both_columns_in_one_dispatch(shape, tmp_path, ire
     compiler.compile_spec(spec, CUDA, [f"--iree-hal-dump-executable-files-to={tmp_path}"])
     (ptx,) = tmp_path.glob("*.ptx")
     kernels = re.findall(r"\.entry (layernorm_backward_dispatch_\w+)\(", ptx.read_text())
-    one_pass = layernorm.row_blocks(spec, CUDA) is not None
+    one_pass = schedules.row_blocks(spec, CUDA) is not None
     assert len(kernels) == (2 if one_pass else 3), kernels
     assert sum("reduction_" + str(shape[1]) + "x" in k for k in kernels) == 1, kernels
 
@@ -279,8 +279,8 @@ def test_rmsnorm_one_pass_holds_one_column_sum(dtype, shape, target):
     column in the thread tiles, half of LayerNorm's registers, and one
     final sum of the partials."""
     spec = Specialization(RMSNORM_BACKWARD, dtype, *shape)
-    blocks, rows, subgroups = layernorm.row_blocks(spec, target)
-    assert (blocks, rows, subgroups) == layernorm.row_blocks(Specialization(LAYERNORM_BACKWARD, dtype, *shape), target)
+    blocks, rows, subgroups = schedules.row_blocks(spec, target)
+    assert (blocks, rows, subgroups) == schedules.row_blocks(Specialization(LAYERNORM_BACKWARD, dtype, *shape), target)
     source, library = spec.source(target), spec.transform_library(target)
     assert source.count("flow.dispatch.region") == 1
     assert f"tensor<{blocks}x{rows}x{spec.n}x{dtype}>" in source
@@ -296,7 +296,7 @@ def test_rmsnorm_one_pass_holds_one_column_sum(dtype, shape, target):
     assert f"thread = [0, 0, {vector}]" in library and "thread = [0, 2," not in library
     # One final sum, carrying the scheduled partial sum of LayerNorm's design.
     assert source.count("%dgamma_acc = linalg.generic") == 1
-    assert layernorm.partial_sum_config(spec, lanes, blocks) in source
+    assert schedules.partial_sum_config(spec, lanes, blocks) in source
     # The recompute entry keeps its statistics in a dispatch of their own.
     assert "util.optimization_barrier %rstd_fused" in source
 
@@ -309,20 +309,20 @@ def test_rmsnorm_one_pass_holds_one_column_sum(dtype, shape, target):
 )
 def test_rmsnorm_two_passes_where_layernorm_keeps_them(dtype, shape, target):
     spec = Specialization(RMSNORM_BACKWARD, dtype, *shape)
-    assert layernorm.row_blocks(spec, target) is None
+    assert schedules.row_blocks(spec, target) is None
     source = spec.source(target)
     assert "flow.dispatch.region" not in source and "pass_pipeline" not in source
     assert spec.transform_library(target) == ""
     assert "%row_sum_g_xhat = linalg.generic" in source
     # dgamma from blocked partials of one sum for static M, iterated (g, j, r):
     # a unit k dim would be folded away by IREE, with the schedule.
-    blocked = layernorm.column_blocks(spec, target) is not None
+    blocked = schedules.column_blocks(spec, target) is not None
     assert ("%dgamma_parts = linalg.generic" in source) == blocked
     assert ("affine_map<(g, j, r) -> (g, j)>" in source) == blocked
     if blocked and target.backend == "llvm-cpu":
         assert "distribution = [32, 1024, 0], vector_common_parallel = [1, 64, 0], vector_reduction = [0, 0, 1]" in source
     if blocked and target.is_gpu:
-        config = layernorm.partial_config(spec, target, layernorm.column_blocks(spec, target)[1], sums=None)
+        config = schedules.partial_config(spec, target, schedules.column_blocks(spec, target)[1], 1)
         # IREE's choice ("") where no 32-128 threads split N into 16-byte steps: 768 bf16 on wave64, 1000.
         assert (config == "") == (spec.n in (768, 1000))
         assert config in source
@@ -355,3 +355,60 @@ def test_every_rendered_source_and_library_parses(target, iree_compiler):
                             ir.Module.parse(text, context)
                         except ir.MLIRError as e:
                             pytest.fail(f"{spec.stem} for {target.name}: {e}")
+
+
+def test_render_refuses_a_field_no_included_template_reads():
+    """A design rule whose field reaches no template is an error naming the
+    field and the template, not a silent no-op."""
+    from lnbwd_iree.template import render
+
+    spec = Specialization(LAYERNORM_FORWARD, "f32", None, 4096)
+    fields = {**spec.fields(), **layernorm.forward_design(spec, CUDA)}
+    assert render("layernorm_forward.mlir", fields) == spec.source(CUDA)
+    with pytest.raises(ValueError, match=r"template layernorm_forward\.mlir reads no field PARTIAL_CONFIG .*row_statistics\.mlir"):
+        render("layernorm_forward.mlir", {**fields, "PARTIAL_CONFIG": ""})
+    with pytest.raises(KeyError, match=r"row_statistics\.mlir uses field \{STATS_SUM_CONFIG\}"):
+        render("layernorm_forward.mlir", {k: v for k, v in fields.items() if k != "STATS_SUM_CONFIG"})
+
+
+def test_one_pass_designs_are_records_of_their_walk():
+    """The shared row-block schedule takes each op's walk as a record:
+    LayerNorm's P rows per step, RMSNorm's one row per step."""
+    from lnbwd_iree.ops import rmsnorm
+
+    spec = Specialization(LAYERNORM_BACKWARD, "bf16", 8192, 4096)
+    one_pass = layernorm.step_blocks(spec, CUDA)
+    assert one_pass.walk == schedules.RowsPerStep(4) and one_pass.grid == schedules.RowBlocks(128, 64, 16)
+    assert layernorm.backward_fields(spec, CUDA, one_pass) == layernorm.backward_design(spec, CUDA)
+    two_passes = layernorm.backward_fields(spec, CUDA, None)
+    assert two_passes["GRADIENT_PASSES"] == "row_then_column_passes.mlir"
+    assert layernorm.backward_library_for(spec, CUDA, None) == ""
+    assert rmsnorm.ONE_PASS_WALK == schedules.OneRowPerStep()
+    schedule = schedules.row_block_schedule(spec, CUDA, one_pass.grid, 1, rmsnorm.ONE_PASS_WALK)
+    assert "P" not in schedule.template and schedule.library["ROW_BLOCK_TERMS"] == ""
+
+
+def test_chip_and_driver_tables_are_checked_against_each_other(monkeypatch):
+    """The tables' keys must agree: a driver running an unknown backend, or a
+    shipped chip without known figures, is refused (RuntimeError), not assumed."""
+    from lnbwd_iree import targets
+
+    targets.check_tables()
+    monkeypatch.setitem(targets.DRIVERS, "metal", targets.Driver("metal", ("metal-spirv",), "apple9"))
+    with pytest.raises(RuntimeError, match="chip 'apple9' is no metal-spirv GPU chip known here"):
+        targets.check_tables()
+    monkeypatch.delitem(targets.DRIVERS, "metal")
+    cdna = targets.CHIP_FAMILIES[1]
+    monkeypatch.delitem(cdna.compute_units, "gfx90a")
+    with pytest.raises(RuntimeError, match="shipped or default chip 'gfx90a' \\(rocm\\) has no known compute units"):
+        targets.check_tables()
+
+
+def test_chip_families_give_subgroups_and_figures():
+    assert (GFX942.subgroup_size, GFX942.compute_units) == (64, 304)
+    assert (GFX1100.subgroup_size, GFX1100.compute_units) == (32, 48)
+    assert Target("rocm", "gfx1201", ("hip",)).compute_units is None
+    with pytest.raises(ValueError, match="chip 'sm_80' is no rocm GPU chip known here \\(known: gfx9\\*, gfx1\\*\\)"):
+        Target("rocm", "sm_80", ("hip",)).subgroup_size
+    with pytest.raises(ValueError, match=r"rocm artifacts do not run on \['cuda'\]: they run on \['hip'\]"):
+        Target("rocm", "gfx942", ("cuda",))

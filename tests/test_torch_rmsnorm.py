@@ -4,8 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import test_torch  # noqa: E402
-from test_torch import DEVICES, TOLERANCE, check_against_float64, fresh_seed, relative  # noqa: E402
+import torch_helpers  # noqa: E402
+from torch_helpers import DEVICES, TOLERANCE, check_against_float64, fresh_seed, relative  # noqa: E402
 
 from lnbwd_iree.torch import RMSNorm, rms_norm_bwd, rms_norm_fwd  # noqa: E402
 from lnbwd_iree.torch import rms_norm as ours_rms_norm  # noqa: E402
@@ -13,7 +13,7 @@ from lnbwd_iree.torch import rms_norm as ours_rms_norm  # noqa: E402
 
 def pair(normalized_shape, dtype, seed, **kwargs):
     """Our RMSNorm and torch's (float64) with the same random weight."""
-    return test_torch.pair(normalized_shape, dtype, seed, RMSNorm, torch.nn.RMSNorm, **kwargs)
+    return torch_helpers.pair(normalized_shape, dtype, seed, RMSNorm, torch.nn.RMSNorm, **kwargs)
 
 
 @pytest.mark.parametrize("device", DEVICES)

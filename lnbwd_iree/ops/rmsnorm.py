@@ -1,95 +1,113 @@
 """RMSNorm over the last dim: its kernels, their entry points and argument
-roles, and the design rules that fill its templates (mlir/rmsnorm_*.mlir).
+roles, and its choices among the shared schedule rules (``ops.schedules``)
+that fill its templates (mlir/rmsnorm_*.mlir).
 
-The design reuses LayerNorm's. The forward is its GPU row dispatch (the row
-held in registers, read once). The backward, for static shapes on CUDA/ROCm
-chips with known figures, is its one-pass row-block design
-(rmsnorm_row_block_pass.mlir: LayerNorm's row_blocks, row_block_configs
-and transform library with one column sum, so the block's register-held
-fp32 partials are half of LayerNorm's); elsewhere its two passes: the row
-dispatch (several subgroups per row on GPUs), then dgamma from blocked
-partials of one sum with LayerNorm's block sizes and schedules for static M,
-or from LayerNorm's column sums fed a zero mean for dynamic M."""
+The forward is one row dispatch (the row held in registers on GPUs, read
+once). The backward, for static shapes on CUDA/ROCm chips with known
+figures, is one pass over row blocks (rmsnorm_row_block_pass.mlir) with one
+column sum, one row per loop step; elsewhere two passes: the row dispatch,
+then dgamma from blocked partials of one sum for static M, or from the
+shared one reduction over all rows (column_sums_direct.mlir) fed a zero
+mean for dynamic M."""
 
 from __future__ import annotations
 
 from ..specialization import Arg, Entry, Kernel, Role, Specialization
 from ..targets import Target
-from . import layernorm
+from . import schedules
+
+# Column sums per block: dgamma alone.
+COLUMN_SUMS = 1
+# RMSNorm's one pass (rmsnorm_row_block_pass.mlir) has no step dim: a block's
+# rows are walked one per loop step.
+ONE_PASS_WALK = schedules.OneRowPerStep()
 
 
 def stats_barrier(spec: Specialization, needed: bool) -> str:
     """Defines %rstd from %rstd_fused in the recompute entry: through an
     optimization barrier when the row dispatch has a hand-set schedule, so
-    that the statistics keep a dispatch of their own (as in LayerNorm's), else
-    as a plain alias (a barrier on dynamic tensors hides their dims from IREE)."""
+    that the statistics keep a dispatch of their own, else as a plain alias
+    (a barrier on dynamic tensors hides their dims from IREE)."""
     stats = f"tensor<{'?' if spec.m is None else spec.m}x{spec.accumulator}>"
     if needed:
         return f"%rstd = util.optimization_barrier %rstd_fused : {stats}"
     return f"%rstd = tensor.cast %rstd_fused : {stats} to {stats}"
 
 
+def forward_fields(spec: Specialization, target: Target, schedule: tuple[int, int, int] | None) -> dict[str, str]:
+    """The forward's fields for ``schedule`` ((subgroups, step, rows) of
+    ``schedules.row_configs``, or None for IREE's choice): its one row
+    reduction takes the root's schedule."""
+    configs = schedules.row_configs(spec, target, *schedule) if schedule is not None else None
+    return {
+        "RMS_STATISTICS": "rms_statistics.mlir",
+        "RMS_SQ_SUM_CONFIG": configs.root if configs else "",
+        "RMS_Y_CONFIG": configs.elementwise if configs else "",
+    }
+
+
 def forward_design(spec: Specialization, target: Target) -> dict[str, str]:
-    fields = {"RMS_STATISTICS": "rms_statistics.mlir", "RMS_SQ_SUM_CONFIG": "", "RMS_Y_CONFIG": ""}
-    schedule = layernorm.forward_schedule(spec, target)
-    if schedule is not None:
-        configs = layernorm.forward_configs(spec, target, *schedule)
-        fields.update(RMS_SQ_SUM_CONFIG=configs["STATS_ROOT_CONFIG"], RMS_Y_CONFIG=configs["FORWARD_Y_CONFIG"])
-    return fields
+    return forward_fields(spec, target, schedules.forward_schedule(spec, target))
 
 
-# Parts both backward designs share: the bodies of the per-row sum of g * x_hat
-# and of dX, and the final sum of [G, N] partials into dgamma.
-_SHARED_PARTS = {
-    "RMS_ROW_SUM_BODY": "rms_row_sum_g_xhat_body.mlir",
-    "RMS_DX_BODY": "rms_dx_body.mlir",
-    "RMS_PARTIALS_SUM": "rms_partials_sum.mlir",
-}
-# Column sums per row block: dgamma alone.
-_COLUMN_SUMS = 1
-
-
-def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
-    fields = {"RMS_STATISTICS": "rms_statistics.mlir", "RMS_SQ_SUM_CONFIG": "", **_SHARED_PARTS}
-    one_pass = layernorm.row_blocks(spec, target)
+def backward_fields(spec: Specialization, target: Target, one_pass: schedules.RowBlocks | None) -> dict[str, str]:
+    """The backward's fields: one pass over ``one_pass``'s row blocks, or two passes for None."""
+    # Both designs take the bodies of the per-row sum of g * x_hat and of dX.
+    fields = {
+        "RMS_STATISTICS": "rms_statistics.mlir",
+        "RMS_SQ_SUM_CONFIG": "",
+        "RMS_ROW_SUM_BODY": "rms_row_sum_g_xhat_body.mlir",
+        "RMS_DX_BODY": "rms_dx_body.mlir",
+    }
     if one_pass is not None:
         return {
             **fields,
-            **layernorm.row_block_configs(spec, target, *one_pass, sums=_COLUMN_SUMS),
+            **schedules.row_block_schedule(spec, target, one_pass, COLUMN_SUMS, ONE_PASS_WALK).template,
             "GRADIENT_PASSES": "rmsnorm_row_block_pass.mlir",
+            "RMS_PARTIALS_SUM": "rms_partials_sum.mlir",
             "STATS_BARRIER": stats_barrier(spec, True),
         }
-    configs = layernorm.row_configs(spec, target)
+    configs = schedules.backward_row_configs(spec, target)
     return {
         **fields,
         "GRADIENT_PASSES": "rmsnorm_row_then_column_passes.mlir",
-        "ROW_ROOT_CONFIG": configs["ROW_ROOT_CONFIG"],
-        "ROW_DX_CONFIG": configs["ROW_DX_CONFIG"],
-        "STATS_BARRIER": stats_barrier(spec, bool(configs["ROW_ROOT_CONFIG"])),
+        "ROW_ROOT_CONFIG": configs.root if configs else "",
+        "ROW_DX_CONFIG": configs.elementwise if configs else "",
+        "STATS_BARRIER": stats_barrier(spec, configs is not None),
         **column_sums_fields(spec, target),
     }
 
 
 def column_sums_fields(spec: Specialization, target: Target) -> dict[str, str]:
-    """The two-pass design's dgamma: for static M, LayerNorm's blocks
-    (layernorm.column_blocks) and partial schedules with one sum
-    (rms_column_sums_blocked.mlir); else LayerNorm's one reduction over all
-    rows fed a zero mean (column_sums_direct.mlir)."""
-    blocks = layernorm.column_blocks(spec, target)
+    """The two-pass design's dgamma: for static M, the shared blocks and
+    partial schedules with one sum (rms_column_sums_blocked.mlir); else the
+    shared one reduction over all rows fed a zero mean (column_sums_direct.mlir)."""
+    blocks = schedules.column_blocks(spec, target)
     if blocks is None:
         return {"COLUMN_SUMS": "column_sums_direct.mlir"}
     return {
         "COLUMN_SUMS": "rms_column_sums_blocked.mlir",
         "G": str(blocks[0]),
         "R": str(blocks[1]),
-        "PARTIAL_CONFIG": layernorm.partial_config(spec, target, blocks[1], sums=None),
-        "PARTIAL_SUM_CONFIG": layernorm.partial_sum_config(spec, target.subgroup_size, blocks[0]) if target.is_gpu else "",
+        "PARTIAL_CONFIG": schedules.partial_config(spec, target, blocks[1], COLUMN_SUMS),
+        "RMS_PARTIALS_SUM": "rms_partials_sum.mlir",
+        "PARTIAL_SUM_CONFIG": schedules.partial_sum_config(spec, target.subgroup_size, blocks[0]) if target.is_gpu else "",
     }
 
 
+def backward_design(spec: Specialization, target: Target) -> dict[str, str]:
+    return backward_fields(spec, target, schedules.row_blocks(spec, target))
+
+
+def backward_library_for(spec: Specialization, target: Target, one_pass: schedules.RowBlocks | None) -> str:
+    """The one-pass backward's per-op lowering configs, or "" for two passes (None)."""
+    if one_pass is None:
+        return ""
+    return schedules.row_block_schedule(spec, target, one_pass, COLUMN_SUMS, ONE_PASS_WALK).library_source()
+
+
 def backward_library(spec: Specialization, target: Target) -> str:
-    """The one-pass backward's per-op lowering configs, or "" for two passes."""
-    return layernorm.row_block_library(spec, target, sums=_COLUMN_SUMS)
+    return backward_library_for(spec, target, schedules.row_blocks(spec, target))
 
 
 _DY, _X, _GAMMA = Arg("dy", Role.ROWS), Arg("x", Role.ROWS), Arg("gamma", Role.COLUMNS)

@@ -1,5 +1,5 @@
-"""Where a back-to-back IREE call spends GPU time (docs/performance.md,
-change 39): the kernels' own durations, the idle time between the kernels
+"""Question: where does a back-to-back IREE call spend GPU time
+(docs/performance.md, change 39)? The kernels' own durations, the idle time between the kernels
 of one call, and the idle time between calls, from a torch.profiler (CUPTI)
 trace of queued calls; torch eager's forward is traced the same way for
 comparison. The gap between IREE calls it prints is the profiler's: CUPTI
@@ -7,14 +7,14 @@ slows IREE's worker thread so much that queued calls run hundreds of us
 apart (torch's stay ~2 us apart), so the unprofiled gap is call time minus
 these kernel times.
 
-python scripts/gpu_gaps.py 8192x4096:bf16 32768x1024:f32 ...
+python scripts/probes/gpu_gaps.py 8192x4096:bf16 32768x1024:f32 ...
 (reads artifacts as the runtime does: LNBWD_IREE_ARTIFACTS, else compiles)
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 
 import numpy as np
 import torch
@@ -89,4 +89,6 @@ def main(cases: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases", nargs="+", metavar="MxN:DTYPE", help="e.g. 8192x4096:bf16")
+    main(parser.parse_args().cases)

@@ -1,17 +1,20 @@
-"""A timeline of lnbwd_iree.torch.LayerNorm's training step on CUDA (issue 13):
-what the host does and when the GPU runs, from torch.profiler (CUPTI sees
-IREE's kernels too: both use the device's primary context).
+"""Question: where does lnbwd_iree.torch.LayerNorm's training step on CUDA
+spend its time, on the host and on the GPU (issue 13)? A timeline from
+torch.profiler (CUPTI sees IREE's kernels too: both use the device's
+primary context).
 
 For each shape and dtype: steps of y = module(x); y.backward(dy), warmed up,
-then a few profiled. The runtime's pieces are wrapped in record_function
-ranges (iree.sync: torch stream synchronize; iree.call: validation, plan
-and submission; iree.submit: the VM invoke that queues the work and, inside
-it, iree.wait: the host wait for it), so the printed timeline of
-one step shows where the host waits and where the GPU idles. The step
-medians it prints rotate three inputs (under 2x L2 at 4096x1024): they are
-diagnostic; benchmarks/torch_layernorm_cuda.* are the measured figures.
+then a few profiled. The public pieces are wrapped in record_function ranges
+(iree.sync: the host ordering's wait for torch's stream; binding.run: one
+kernel launch through the binding, CudaBinding's or, with
+LNBWD_IREE_TORCH_CUDA_PATH=iree, IreeBinding's; iree.call: the runtime's
+launcher on that path); the custom ops show as lnbwd_iree::layer_norm_fwd
+and _bwd. The printed timeline of one step shows where the host waits and
+where the GPU idles. The step medians it prints rotate three inputs (under
+2x L2 at 4096x1024): they are diagnostic; benchmarks/torch_layernorm_cuda.*
+are the measured figures.
 
-python scripts/torch_step_trace.py --shape 4096x1024 --shape 8192x4096 --dtype f32 --dtype bf16
+python scripts/probes/torch_step_trace.py --shape 4096x1024 --shape 8192x4096 --dtype f32 --dtype bf16
 """
 
 from __future__ import annotations
@@ -43,11 +46,9 @@ def labelled(owner, name, label):
 
 def wrap_pieces():
     labelled(ours.HostOrdering, "before", "iree.sync")
-    labelled(LayerNormKernels, "_wait", "iree.wait")
-    labelled(LayerNormKernels, "_submit", "iree.submit")
+    labelled(ours.CudaBinding, "run", "binding.run")
+    labelled(ours.IreeBinding, "run", "binding.run")
     labelled(LayerNormKernels, "call", "iree.call")
-    labelled(ours, "_forward_kernel", "ours.forward_kernel")
-    labelled(ours, "_backward_kernel", "ours.backward_kernel")
 
 
 def steps(module, xs, dy, count):
@@ -86,7 +87,7 @@ def timeline(prof, width=14):
             continue
         if not on_gpu and not (t0 <= e.time_range.start <= t1):
             continue
-        if not on_gpu and not (e.name.startswith(("iree.", "ours.", "aten::empty", "aten::native_layer", "cuda")) or "autograd" in e.name.lower()):
+        if not on_gpu and not (e.name.startswith(("iree.", "binding.", "lnbwd_iree::", "aten::empty", "aten::native_layer", "cuda")) or "autograd" in e.name.lower()):
             continue
         rows.append((e.time_range.start - t0, e.time_range.end - e.time_range.start, "GPU" if on_gpu else "cpu", e.name[:90]))
     rows.sort()
@@ -96,7 +97,7 @@ def timeline(prof, width=14):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", action="append", default=[])
     parser.add_argument("--dtype", action="append", default=[])
     parser.add_argument("--steps", type=int, default=30)

@@ -1,16 +1,22 @@
-"""Forward schedule experiments on a GPU, in two steps.
+"""Question: which schedule of the forward's one row dispatch is fastest on
+a GPU, per shape and dtype: (subgroups, step, rows per workgroup) variants
+around the shipped one (``schedules.forward_schedule``) and IREE's own choice,
+static or dynamic M, against torch eager, Liger and optionally torch.compile?
+(Answered in docs/performance.md, "Forward": four vectors a thread, the whole
+row a step, one row a workgroup.)
 
-Here (with the compiler): compile forward variants, each a (subgroups, step,
-rows) schedule or IREE's own choice ("default"), static or dynamic M:
+Two steps. Here (with the compiler), each variant is built through the op's
+public seam (``layernorm.forward_fields`` at its schedule) into a folder of
+its own:
 
-    python scripts/forward_probe.py compile OUT_DIR
+    python scripts/probes/forward_probe.py compile OUT_DIR
 
-On the GPU machine (runtime only): check every variant against a float64
-reference on fresh inputs with NaN-poisoned outputs (fails loudly), then time
-the variants and the peers (torch eager, Liger, optionally torch.compile)
-interleaved, inputs rotated over > 2x L2, median of trials:
+On the GPU machine (runtime only): every variant is checked against a
+float64 reference on fresh inputs with NaN-poisoned outputs (fails loudly),
+then the variants and peers are timed interleaved, inputs rotated over > 2x
+L2, median of trials:
 
-    python scripts/forward_probe.py run OUT_DIR [--compile] [--rounds 3]
+    python scripts/probes/forward_probe.py run OUT_DIR [--compile] [--rounds 3]
 
 Prints a short table last and writes every number to $OUT/forward_probe.json.
 """
@@ -18,21 +24,23 @@ Prints a short table last and writes every number to $OUT/forward_probe.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import statistics
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
+from variants import build, open_variant, variant
 
-from lnbwd_iree.kernels import ITEMSIZE, LAYERNORM_FORWARD, Specialization
-from lnbwd_iree.ops import layernorm
-from lnbwd_iree.targets import Target
+from lnbwd_iree.dtypes import ITEMSIZE, STORAGE_DTYPES
+from lnbwd_iree.kernels import LAYERNORM_FORWARD, Specialization
+from lnbwd_iree.ops import layernorm, schedules
+from lnbwd_iree.targets import target_for
 
-CUDA = Target("cuda", "sm_80", ("cuda",))
+CUDA = target_for("cuda")
 LARGE = [(8192, 4096), (32768, 1024), (16384, 8192), (4096, 16384), (65536, 768)]
 SMALL = [(1024, 512), (4096, 1024)]
 
@@ -41,7 +49,7 @@ def variants(m: int, n: int, dtype: str) -> list[tuple[str, int | None, tuple | 
     """(label, static M or None, schedule or None for IREE's choice) to try."""
     spec = Specialization(LAYERNORM_FORWARD, dtype, m, n)
     per_subgroup = CUDA.subgroup_size * spec.vector
-    shipped = layernorm.forward_schedule(spec, CUDA)
+    shipped = schedules.forward_schedule(spec, CUDA)
     out = [("default", m, None), ("shipped", m, shipped), ("shipped_dynM", None, shipped)]
     # The whole row in registers with 2 to 8 vectors per thread; four rows per
     # workgroup where a row takes one subgroup.
@@ -55,46 +63,36 @@ def variants(m: int, n: int, dtype: str) -> list[tuple[str, int | None, tuple | 
     return out
 
 
-def source(spec: Specialization, schedule) -> str:
-    with mock.patch.object(layernorm, "forward_schedule", lambda spec, target: schedule):
-        return spec.source(CUDA)
+def forward_variant(static_m: int | None, schedule):
+    """LayerNorm's forward at ``schedule`` (None: IREE's choice), one
+    artifact per (M, N) or, for a dynamic M, per N."""
+    schedule = tuple(schedule) if schedule is not None else None
+    return variant(LAYERNORM_FORWARD, functools.partial(layernorm.forward_fields, schedule=schedule),
+                   per_n=static_m is None)
 
 
 def compile_variants(out_dir: Path, shapes, dtypes) -> None:
-    from iree.compiler.tools import compile_str
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     index = []
     for dtype in dtypes:
         for m, n in shapes:
             for label, static_m, schedule in variants(m, n, dtype):
-                spec = Specialization(LAYERNORM_FORWARD, dtype, static_m, n)
-                name = f"{dtype}_{m}x{n}_{label}.vmfb"
-                vmfb = compile_str(source(spec, schedule), extra_args=list(CUDA.flags()))
-                (out_dir / name).write_bytes(vmfb)
-                index.append({"file": name, "dtype": dtype, "m": m, "n": n, "label": label,
+                folder = f"{dtype}_{m}x{n}_{label}"
+                path = build(forward_variant(static_m, schedule), dtype, m, n, CUDA, out_dir / folder)
+                index.append({"folder": folder, "dtype": dtype, "m": m, "n": n, "label": label,
                               "static_m": static_m, "schedule": schedule})
-                print(name, len(vmfb), flush=True)
+                print(folder, path.stat().st_size, flush=True)
     (out_dir / "index.json").write_text(json.dumps(index, indent=1))
 
 
-def variant_kernels(vmfb: Path):
-    """A LayerNormKernels on cuda that runs the given .vmfb for every forward call."""
-    from iree import runtime as ireert
+class Variant:
+    """A built variant on the GPU: its kernels and a forward call."""
 
-    from lnbwd_iree import runtime
+    def __init__(self, variant_dir: Path, record: dict):
+        self.kernel = forward_variant(record["static_m"], record["schedule"])
+        self.kernels = open_variant(variant_dir / record["folder"])
 
-    class VariantKernels(runtime.LayerNormKernels):
-        def __init__(self):
-            super().__init__("cuda", static_shapes=True)
-            module = ireert.VmModule.copy_buffer(self._instance, vmfb.read_bytes())
-            context = ireert.VmContext(self._instance, modules=[self._hal_module, module])
-            self._variant = runtime._Entry(context, module.lookup_function("layernorm_forward"), None, {})
-
-        def entry(self, kernel, dtype, name, shape):
-            return self._variant
-
-    return VariantKernels()
+    def forward(self, x, gamma, beta, **options):
+        return self.kernels.call(self.kernel, "layernorm_forward", (x, gamma, beta), eps=1e-5, **options)
 
 
 def profile(variant_dir: Path, labels: list[str]) -> None:
@@ -103,17 +101,15 @@ def profile(variant_dir: Path, labels: list[str]) -> None:
     import torch
     from liger_kernel.ops.layer_norm import layer_norm_forward as liger_forward
 
-    from lnbwd_iree import runtime
-
     for record in json.loads((variant_dir / "index.json").read_text()):
         if record["label"] not in labels:
             continue
         dtype, m, n = record["dtype"], record["m"], record["n"]
-        kernels = variant_kernels(variant_dir / record["file"])
-        x = kernels.to_device((np.random.default_rng(0).standard_normal((m, n), np.float32)).astype(runtime.STORAGE_DTYPES[dtype]))
-        gamma = kernels.to_device(np.ones(n, runtime.STORAGE_DTYPES[dtype]))
+        probe = Variant(variant_dir, record)
+        x = probe.kernels.to_device(np.random.default_rng(0).standard_normal((m, n), np.float32).astype(STORAGE_DTYPES[dtype]))
+        gamma = probe.kernels.to_device(np.ones(n, STORAGE_DTYPES[dtype]))
         for _ in range(3):
-            kernels.forward(x, gamma, gamma)
+            probe.forward(x, gamma, gamma)
         if record["label"] == labels[0]:
             tx = torch.randn(m, n, device="cuda", dtype={"f32": torch.float32, "bf16": torch.bfloat16}[dtype])
             tg = torch.ones(n, device="cuda", dtype=tx.dtype)
@@ -127,7 +123,6 @@ def profile(variant_dir: Path, labels: list[str]) -> None:
 def run(variant_dir: Path, rounds: int, with_compile: bool, labels: list[str] | None) -> None:
     import torch
 
-    from lnbwd_iree import runtime
     from lnbwd_iree.bench import time_calls
     from lnbwd_iree.reference import TOLERANCE, forward_reference, relative_error
 
@@ -153,7 +148,7 @@ def run(variant_dir: Path, rounds: int, with_compile: bool, labels: list[str] | 
     for record in index:
         groups.setdefault((record["dtype"], record["m"], record["n"]), []).append(record)
     for (dtype, m, n), records in groups.items():
-        storage = runtime.STORAGE_DTYPES[dtype]
+        storage = STORAGE_DTYPES[dtype]
         set_bytes = 2 * m * n * ITEMSIZE[dtype]
         n_sets = max(2, math.ceil(2.2 * l2 / set_bytes))
         host_x = []
@@ -164,7 +159,7 @@ def run(variant_dir: Path, rounds: int, with_compile: bool, labels: list[str] | 
             host_x.append(x.astype(storage))
         gamma = (1 + 0.5 * rng.standard_normal(n, np.float32)).astype(storage)
         beta = (0.5 * rng.standard_normal(n, np.float32)).astype(storage)
-        base = variant_kernels(variant_dir / records[0]["file"])
+        base = Variant(variant_dir, records[0]).kernels
         dev_x = [base.to_device(x) for x in host_x]
         dev_gamma, dev_beta = base.to_device(gamma), base.to_device(beta)
         outs = [tuple(base.allocate(s, d) for s, d in (((m, n), storage), ((m,), np.float32), ((m,), np.float32)))
@@ -172,9 +167,9 @@ def run(variant_dir: Path, rounds: int, with_compile: bool, labels: list[str] | 
         ref = forward_reference(host_x[0].astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64))
         impls = {}
         for record in records:
-            kernels = variant_kernels(variant_dir / record["file"])
-            poison = tuple(kernels.to_device(np.full(s, np.nan, d)) for s, d in (((m, n), storage), ((m,), np.float32), ((m,), np.float32)))
-            got = kernels.forward(dev_x[0], dev_gamma, dev_beta, eps=1e-5, out=poison)
+            probe = Variant(variant_dir, record)
+            poison = tuple(probe.kernels.to_device(np.full(s, np.nan, d)) for s, d in (((m, n), storage), ((m,), np.float32), ((m,), np.float32)))
+            got = probe.forward(dev_x[0], dev_gamma, dev_beta, out=poison)
             errors = [relative_error(g.to_host().astype(np.float64), r) for g, r in zip(got, ref)]
             bound = TOLERANCE[dtype]
             ok = all(e <= bound for e in errors)
@@ -184,10 +179,10 @@ def run(variant_dir: Path, rounds: int, with_compile: bool, labels: list[str] | 
                 failures.append((dtype, m, n, record["label"], errors))
                 continue
 
-            def call(i, kernels=kernels):
-                kernels.forward(dev_x[i], dev_gamma, dev_beta, eps=1e-5, out=outs[i], wait=False)
+            def call(i, probe=probe):
+                probe.forward(dev_x[i], dev_gamma, dev_beta, out=outs[i], wait=False)
 
-            impls[record["label"]] = (call, kernels.synchronize)
+            impls[record["label"]] = (call, probe.kernels.synchronize)
         tx = [torch.from_numpy(x.view(np.uint16) if dtype == "bf16" else x).cuda() for x in host_x]
         if dtype == "bf16":
             tx = [t.view(torch.bfloat16) for t in tx]
@@ -223,7 +218,7 @@ def run(variant_dir: Path, rounds: int, with_compile: bool, labels: list[str] | 
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["compile", "run", "profile"])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--dtype", action="append")
