@@ -25,7 +25,6 @@ kernels and vmap rules); torch.func's autodiff transforms are refused by name
 from __future__ import annotations
 
 import atexit
-import collections
 import ctypes
 import math
 import numbers
@@ -42,6 +41,7 @@ from .cache import ArtifactStore
 from .cuda_launch import CudaLauncher
 from .dtypes import TABLE
 from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
+from .recent import SHAPES_KEPT, RecentlyUsed
 from .runtime import DLTensor, LayerNormKernels, check_eps, serving_specialization
 from .specialization import Kernel, Role
 from .targets import target_for
@@ -183,32 +183,6 @@ class _BorrowCapsule:
 _borrow_capsule = _BorrowCapsule()
 
 
-class _RecentlyUsed:
-    """A thread-safe map that keeps its ``size`` most recently used entries."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class IreeBinding:
     """One IREE device (its ``LayerNormKernels``) serving one torch device, how
     calls are ordered with torch's work, and the weights imported so far."""
@@ -222,8 +196,8 @@ class IreeBinding:
     def __init__(self, kernels: LayerNormKernels, ordering):
         self.kernels = kernels
         self.ordering = ordering
-        self._vectors = _RecentlyUsed(self.VECTOR_CACHE_SIZE)
-        self._borrowed = _RecentlyUsed(self.BORROWED_CACHE_SIZE)
+        self._vectors = RecentlyUsed(self.VECTOR_CACHE_SIZE)
+        self._borrowed = RecentlyUsed(self.BORROWED_CACHE_SIZE)
         self._kept_after_failure: list = []
         self._lock = threading.Lock()
 
@@ -319,19 +293,18 @@ class CudaBinding:
         self.target = target_for("cuda")
         self.store = ArtifactStore()
         self.static_shapes = static_shapes
-        self._plans: dict = {}  # Specialization -> LaunchPlan, kept for the launcher's loaded kernels
-        self._bound: dict = {}  # (entry, dtype, M, N, scalars) -> BoundEntry
-        self._lock = threading.Lock()
+        self._plans = RecentlyUsed(SHAPES_KEPT)  # Specialization -> LaunchPlan
+        self._bound = RecentlyUsed(SHAPES_KEPT)  # (entry, dtype, M, N, scalars) -> BoundEntry
 
     def _bind(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict):
         entry = kernel.entry(entry_name)
         rows = inputs[0]
         dtype = _DTYPES[rows.dtype].name
         spec = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, tuple(rows.shape))
-        with self._lock:
-            plan = self._plans.get(spec)
-            if plan is None:
-                plan = self._plans[spec] = self.store.load_plan(spec, self.target)
+        plan = self._plans.get(spec)
+        if plan is None:
+            plan = self.store.load_plan(spec, self.target)
+            self._plans.put(spec, plan)
         # The VM function's arguments: inputs, scalars, outputs.
         first_output = len(entry.inputs) + len(entry.scalars)
         tensor_args = (*range(len(entry.inputs)), *range(first_output, first_output + len(entry.outputs)))
@@ -345,7 +318,8 @@ class CudaBinding:
         key = (kernel.name, entry_name, rows.dtype, *rows.shape, *scalars.values())
         bound = self._bound.get(key)
         if bound is None:
-            bound = self._bound[key] = self._bind(kernel, entry_name, inputs, outputs, scalars)
+            bound = self._bind(kernel, entry_name, inputs, outputs, scalars)
+            self._bound.put(key, bound)
         addresses = [t.data_ptr() for t in inputs]
         addresses += [t.data_ptr() for t in outputs]
         # Scratch from the caching allocator: freed here, reused only by work queued after these kernels.

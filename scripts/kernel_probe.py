@@ -60,6 +60,7 @@ def build(out: Path, label: str, dtype: str, shape: str, rows: str | None = None
 
 def run(out: Path, result_path: Path | None):
     from lnbwd_iree import bench, runtime
+    from lnbwd_iree.recent import SHAPES_KEPT, RecentlyUsed
     from lnbwd_iree.reference import TOLERANCE, backward_reference, relative_error
 
     variants = json.loads((out / "variants.json").read_text())
@@ -74,7 +75,8 @@ def run(out: Path, result_path: Path | None):
 
     def use(variant):
         path = out / variant["file"]
-        kernels._entries, kernels._plans = state.setdefault(variant["file"], ({}, {}))
+        kernels._modules, kernels._plans = state.setdefault(variant["file"], (RecentlyUsed(SHAPES_KEPT),
+                                                                             RecentlyUsed(SHAPES_KEPT)))
         kernels.store.load = lambda spec, target: path.read_bytes()
 
     results = []
@@ -117,7 +119,7 @@ def run(out: Path, result_path: Path | None):
                   f"{best:8.1f} us {variant['pct_of_copy'] or 0:5.1f}% rounds "
                   f"{[round(r, 1) for r in variant['rounds_us']]} max err {max(variant['errors']):.1e}", flush=True)
         state.clear()
-        kernels._entries, kernels._plans = {}, {}
+        kernels._modules, kernels._plans = RecentlyUsed(SHAPES_KEPT), RecentlyUsed(SHAPES_KEPT)
         del sets, outs
     kernels.store.load = original_load
     if result_path is not None:

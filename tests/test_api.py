@@ -66,7 +66,7 @@ def test_close_releases_iree_objects_and_refuses_later_calls(cache_dir, rng):
     x = rng.standard_normal((4, 8)).astype(np.float32)
     y, _, _ = kernels.forward(x, np.ones(8, np.float32), np.zeros(8, np.float32), wait=False)
     kernels.close()
-    assert kernels.device is None and not kernels._entries and not kernels._plans
+    assert kernels.device is None and not kernels._modules and not kernels._plans
     assert relative_error(y.to_host(), forward_reference(x, np.ones(8), np.zeros(8))[0]) < 1e-5  # results kept
     with pytest.raises(RuntimeError, match="was closed"):
         kernels.forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
