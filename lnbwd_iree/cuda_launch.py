@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
+from typing import Hashable
 
 from .launch_plan import EntryPlan, LaunchPlan, evaluate, f32_bits
 
@@ -145,11 +146,13 @@ class CudaLauncher:
         self.driver = driver or CudaDriver()
         self.ordinal = ordinal
         self.context = self.driver.primary_context(ordinal)
-        self._kernels: dict[tuple[int, str, str], _Kernel] = {}
+        # Keyed by the artifact a plan was read from, which (unlike id(plan))
+        # no other plan can take over once that plan is garbage-collected.
+        self._kernels: dict[tuple[Hashable, str, str], _Kernel] = {}
         self._lock = threading.Lock()
 
-    def _kernel(self, plan: LaunchPlan, executable: str, name: str) -> _Kernel:
-        key = (id(plan), executable, name)
+    def _kernel(self, artifact: Hashable, plan: LaunchPlan, executable: str, name: str) -> _Kernel:
+        key = (artifact, executable, name)
         kernel = self._kernels.get(key)
         if kernel is None:
             with self._lock:
@@ -163,18 +166,20 @@ class CudaLauncher:
                         if export.module not in loaded:
                             loaded[export.module] = self.driver.load_module(
                                 self.context, source.images[export.module], f"{executable}[{export.module}]")
-                        self._kernels[(id(plan), executable, kernel_name)] = _Kernel(
+                        self._kernels[(artifact, executable, kernel_name)] = _Kernel(
                             kernel_name, self.driver.function(loaded[export.module], kernel_name, export.shared_memory),
                             export.block, export.shared_memory,
                         )
                     kernel = self._kernels[key]
         return kernel
 
-    def bind(self, plan: LaunchPlan, entry: str, dims: dict, scalars: dict, tensor_args: tuple[int, ...]) -> BoundEntry:
-        """``entry`` of ``plan`` for one call: ``dims`` maps a VM argument to its
-        tensor's shape, ``scalars`` a VM argument to its f32 value, and
-        ``tensor_args`` lists the VM arguments in the order the caller passes
-        their addresses. ``plan`` must stay alive while its kernels are used."""
+    def bind(self, artifact: Hashable, plan: LaunchPlan, entry: str, dims: dict, scalars: dict,
+             tensor_args: tuple[int, ...]) -> BoundEntry:
+        """``entry`` of ``plan`` for one call: ``artifact`` names what the plan
+        was read from (its Specialization), under which its kernels stay
+        loaded; ``dims`` maps a VM argument to its tensor's shape, ``scalars``
+        a VM argument to its f32 value, and ``tensor_args`` lists the VM
+        arguments in the order the caller passes their addresses."""
         entry_plan: EntryPlan = plan.entries[entry]
         bits = {k: f32_bits(v) for k, v in scalars.items()}
         transients = evaluate(entry_plan.transients_size, dims, bits)
@@ -193,7 +198,8 @@ class CudaLauncher:
                 sources.append((slot, evaluate(offset, dims, bits, transients)))
             grid = tuple(evaluate(g, dims, bits, transients) for g in dispatch.grid)
             constants = [evaluate(c, dims, bits, transients) & 0xFFFFFFFF for c in dispatch.constants]
-            launches.append(_Launch(self._kernel(plan, dispatch.executable, dispatch.kernel), grid, constants, sources))
+            launches.append(_Launch(self._kernel(artifact, plan, dispatch.executable, dispatch.kernel), grid, constants,
+                                    sources))
         return BoundEntry(transients, allocations, tuple(launches))
 
     def launch(self, bound: BoundEntry, addresses, stream: int) -> None:

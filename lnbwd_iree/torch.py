@@ -310,7 +310,7 @@ class CudaBinding:
         tensor_args = (*range(len(entry.inputs)), *range(first_output, first_output + len(entry.outputs)))
         dims = {arg: tuple(t.shape) for arg, t in zip(tensor_args, inputs + outputs)}
         values = {len(entry.inputs) + i: scalars[name] for i, name in enumerate(entry.scalars)}
-        return self.launcher.bind(plan, entry_name, dims, values, tensor_args)
+        return self.launcher.bind(spec, plan, entry_name, dims, values, tensor_args)
 
     def run(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict) -> None:
         """As ``IreeBinding.run``, queued on torch's current stream of the device."""
