@@ -706,12 +706,19 @@ class LayerNormKernels:
         The first call with a given set of shapes and dtypes validates them and
         finds the artifact; later calls with device arrays of the same
         signature go straight to the device queue."""
+        entry = kernel.entry(name)
+        if scalars.keys() != entry.scalar_names:
+            raise TypeError(f"{name} takes the scalars {entry.scalars}, got {tuple(scalars)}")
+        return self.call_checked(kernel, name, inputs, tuple([check_eps(scalars[s]) for s in entry.scalars]),
+                                 out=out, wait=wait)
+
+    def call_checked(self, kernel: Kernel, name: str, inputs: tuple, values: tuple, *, out=None, wait: bool = True):
+        """``call`` with its scalars as ``values`` in the entry's order, each
+        already checked by ``check_eps``: for callers that check them once
+        per call themselves (lnbwd_iree.torch)."""
         self._require_open()  # before refuse_shared_memory, which reads the device
         entry = kernel.entry(name)
         inputs = tuple(inputs)
-        if scalars.keys() != entry.scalar_names:
-            raise TypeError(f"{name} takes the scalars {entry.scalars}, got {tuple(scalars)}")
-        values = tuple([check_eps(scalars[s]) for s in entry.scalars])
         given = self._given(out, len(entry.outputs))
         refuse_shared_memory(self.device, entry.labels, inputs, given)
         key = _signature(name, inputs + given)

@@ -254,13 +254,15 @@ class IreeBinding:
 
     def run(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict) -> None:
         """Entry ``entry_name`` of ``kernel`` on the tensors ``inputs`` (in its
-        kernel shapes: [M, N], [N], [M]) into ``outputs``: the one launcher
+        kernel shapes: [M, N], [N], [M]) into ``outputs``, with ``scalars``
+        (name -> value) already checked (``check_eps``): the one launcher
         interface that ``CudaBinding`` also implements."""
         entry = kernel.entry(entry_name)
         arrays = tuple(self.vector(t) if arg.role is Role.COLUMNS else self.borrowed(t)
                        for arg, t in zip(entry.inputs, inputs))
         out = tuple(self.borrowed(t) for t in outputs)
-        self.call(lambda: self.kernels.call(kernel, entry_name, arrays, out=out, wait=self.ordering.wait, **scalars),
+        values = tuple(scalars[name] for name in entry.scalars)
+        self.call(lambda: self.kernels.call_checked(kernel, entry_name, arrays, values, out=out, wait=self.ordering.wait),
                   inputs + outputs)
 
     def vector(self, tensor: torch.Tensor) -> ireert.DeviceArray:
@@ -450,10 +452,10 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _run(kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, **scalars) -> None:
-    """Entry ``entry_name`` of ``kernel`` on x's device (x: the first input), through its binding."""
+    """Entry ``entry_name`` of ``kernel`` on x's device (x: the first input), through its binding;
+    ``scalars`` (eps) were checked by the caller (``check_eps``, once per call)."""
     binding = binding_for(inputs[0].device)
-    binding.run(kernel, entry_name, tuple(_aligned(t) for t in inputs), outputs,
-                {name: check_eps(value) for name, value in scalars.items()})
+    binding.run(kernel, entry_name, tuple(_aligned(t) for t in inputs), outputs, scalars)
 
 
 def _forward_kernel(x, weight, bias, eps):
@@ -480,7 +482,7 @@ def layer_norm_fwd(
     """(y, mean, rstd) of layer_norm over the last dim of ``x``; mean and rstd
     have x's leading dims, in f32 (f64 for f64 data). ``weight``/``bias``
     ([N] or None) may have another floating dtype than x, as in torch."""
-    return _forward_kernel(x, weight, bias, eps)
+    return _forward_kernel(x, weight, bias, check_eps(eps))
 
 
 @layer_norm_fwd.register_fake
@@ -772,7 +774,7 @@ def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tu
     """(y, rstd) of rms_norm over the last dim of ``x``; rstd = 1/sqrt(mean(x^2) + eps)
     has x's leading dims, in f32 (f64 for f64 data). ``weight`` ([N] or None)
     may have another floating dtype than x."""
-    return _rms_norm_forward_kernel(x, weight, eps)
+    return _rms_norm_forward_kernel(x, weight, check_eps(eps))
 
 
 @rms_norm_fwd.register_fake

@@ -286,6 +286,31 @@ def test_eps_that_is_not_a_number_is_refused_by_name(eps):
             call()
 
 
+@pytest.mark.parametrize("module", [LayerNorm(8), ours_module.RMSNorm(8, eps=1e-6)], ids=lambda m: type(m).__name__)
+def test_eps_is_checked_once_per_call(module, monkeypatch):
+    """Once in the public function: not again in the binding or in LayerNormKernels.call."""
+    import lnbwd_iree.runtime as runtime
+
+    checked = []
+    check = runtime.check_eps
+    counting = lambda eps: checked.append(eps) or check(eps)  # noqa: E731
+    monkeypatch.setattr(runtime, "check_eps", counting)
+    monkeypatch.setattr(ours_module, "check_eps", counting)
+    x = torch.randn(4, 8, requires_grad=True)
+    y = module(x)
+    assert len(checked) == 1
+    y.sum().backward()
+    assert len(checked) == 1
+
+
+@pytest.mark.parametrize("call", [lambda x: layer_norm_fwd(x, None, None, -1.0),
+                                  lambda x: ours_module.rms_norm_fwd(x, None, float("nan"))],
+                         ids=["layer_norm_fwd", "rms_norm_fwd"])
+def test_the_custom_ops_called_directly_check_eps(call):
+    with pytest.raises(ValueError, match="eps must be a number in"):
+        call(torch.randn(4, 8))
+
+
 @pytest.mark.parametrize("module", [LayerNorm(8), ours_module.RMSNorm(8)], ids=lambda m: type(m).__name__)
 def test_torchscript_is_refused_with_the_way_forward(module):
     name = type(module).__name__
