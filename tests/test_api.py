@@ -84,6 +84,7 @@ def test_every_public_method_of_a_closed_kernels_object_says_it_was_closed(cache
         "specialization": lambda: kernels.specialization(LAYERNORM_FORWARD, "f32", (4, 8)),
         "entry": lambda: kernels.entry(LAYERNORM_FORWARD, "f32", "layernorm_forward", (4, 8)),
         "call": lambda: kernels.call(LAYERNORM_FORWARD, "layernorm_forward", (x, gamma, gamma), eps=1e-5),
+        "call_checked": lambda: kernels.call_checked(LAYERNORM_FORWARD, "layernorm_forward", (x, gamma, gamma), (1e-5,)),
         "forward": lambda: kernels.forward(x, gamma, gamma),
         "forward out=": lambda: kernels.forward(x, gamma, gamma, out=held),
         "backward": lambda: kernels.backward(dy, x, gamma),
