@@ -237,11 +237,11 @@ def test_tensors_of_a_call_that_failed_after_queuing_are_kept(monkeypatch):
         raise ValueError("rejected before queuing")
 
     kept = len(binding._kept_after_failure)
-    monkeypatch.setattr(kernels, "call", rejected)
+    monkeypatch.setattr(kernels, "call_checked", rejected)
     with pytest.raises(ValueError, match="rejected before queuing"):
         ours_module._forward_kernel(x, weight, bias, 1e-5)
     assert len(binding._kept_after_failure) == kept
-    monkeypatch.setattr(kernels, "call", failing_after_queue)
+    monkeypatch.setattr(kernels, "call_checked", failing_after_queue)
     with pytest.raises(RuntimeError, match="submission failed"):
         ours_module._forward_kernel(x, weight, bias, 1e-5)
     assert len(binding._kept_after_failure) == kept + 1
