@@ -305,6 +305,7 @@ class CudaBinding:
         spec = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, tuple(rows.shape))
         plan = self._plans.get(spec)
         if plan is None:
+            # Two threads may both read a missing plan: the launcher loads its kernels once per artifact.
             plan = self.store.load_plan(spec, self.target)
             self._plans.put(spec, plan)
         # The VM function's arguments: inputs, scalars, outputs.
