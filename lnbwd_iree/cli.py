@@ -5,9 +5,11 @@ With no command, or with options only, it runs `run`: lnbwd-iree --m 64 is lnbwd
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
+import logging
 import os
 import re
 import signal
@@ -64,6 +66,9 @@ def cmd_run(args) -> int:
         out = tuple(kernels.to_device(np.full(shape, np.nan, dtype))
                     for shape, dtype in zip(backward.output_shapes(args.m, args.n), backward.output_dtypes(args.dtype)))
     grads = kernels.call(backward.kernel, backward.entry.name, args_in, out=out, **backward.scalars)
+    if args.m:
+        served = (kernels.specialization(op.kernel, args.dtype, (args.m, args.n)) for op in (forward, backward))
+        print(f"  artifacts: {', '.join(f'{spec.kernel.name} {spec.kind} ({spec.signature})' for spec in served)}")
     status = 0
     if args.verify:
         host_stats = {name: a.to_host() for name, a in stats.items()}
@@ -115,29 +120,50 @@ def cmd_compile(args) -> int:
     chosen = [t for t in targets.TARGET_MATRIX if not args.target or t.name in args.target]
     # dict.fromkeys: a shape given twice is built once, in the order given.
     shapes = [(None, None)] + list(dict.fromkeys(bench.parse_shape(s) for s in args.shape or []))
-    built = up_to_date = 0
-    for target in chosen:
-        for dtype in dict.fromkeys(args.dtype or DTYPES):
-            if (target.backend, dtype) in targets.UNSUPPORTED_DTYPES:
-                print(f"skip {target.name} {dtype}: {targets.UNSUPPORTED_DTYPES[target.backend, dtype]}")
-                continue
-            for kernel in (k for name in args.op or OPS for k in OPS[name].KERNELS):
-                # Shapes that share N share a per-N kernel's artifact.
-                for spec in dict.fromkeys(Specialization.serving(kernel, dtype, m, n) for m, n in shapes):
-                    try:
-                        cache.check_artifact(out / cache.artifact_name(spec, target), spec, target)
-                        up_to_date += 1
-                    except cache.RejectedArtifact:
-                        cache.ArtifactStore.build(spec, target, out)
-                        built += 1
+    # A line per artifact (ArtifactStore.build logs one per compile at INFO)
+    # only with --verbose: the whole matrix is about a hundred.
+    detail = print if args.verbose else lambda line: None
+    built = up_to_date = skipped = 0
+    with _lnbwd_log_level(logging.INFO if args.verbose else logging.WARNING):
+        for target in chosen:
+            for dtype in dict.fromkeys(args.dtype or DTYPES):
+                if (target.backend, dtype) in targets.UNSUPPORTED_DTYPES:
+                    detail(f"skip {target.name} {dtype}: {targets.UNSUPPORTED_DTYPES[target.backend, dtype]}")
+                    skipped += 1
+                    continue
+                for kernel in (k for name in args.op or OPS for k in OPS[name].KERNELS):
+                    # Shapes that share N share a per-N kernel's artifact.
+                    for spec in dict.fromkeys(Specialization.serving(kernel, dtype, m, n) for m, n in shapes):
+                        path = out / cache.artifact_name(spec, target)
+                        try:
+                            cache.check_artifact(path, spec, target)
+                            detail(f"up to date: {path.name}")
+                            up_to_date += 1
+                        except cache.RejectedArtifact:
+                            cache.ArtifactStore.build(spec, target, out)
+                            built += 1
     manifest = cache.write_manifest(out)
     listed = len(json.loads(manifest.read_text())["artifacts"])
-    print(f"built {built}, {up_to_date} already up to date; {manifest} lists {listed} artifacts")
+    unsupported = f", {skipped} target/dtype pairs skipped (unsupported)" if skipped else ""
+    print(f"built {built}, {up_to_date} already up to date{unsupported} in {out}; {manifest.name} lists {listed}"
+          f" artifacts{'' if args.verbose else ' (-v: one line per artifact)'}")
     unusable = [f"{a.path.name} ({a.unusable()})" for a in cache.stored_artifacts(out) if a.unusable()]
     if unusable:
         print(f"not listed, unusable: {'; '.join(unusable)} (`lnbwd-iree cache prune --dir {out}` with any limit"
               " removes them)")
     return 0
+
+
+@contextlib.contextmanager
+def _lnbwd_log_level(level: int):
+    """The lnbwd_iree logger at ``level`` for the block (compiler warnings stay above WARNING's cut)."""
+    logger = logging.getLogger("lnbwd_iree")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def cmd_bench(args) -> int:
@@ -297,6 +323,8 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--dtype", action="append", choices=DTYPES, help="repeatable (default: all)")
     comp.add_argument("--op", action="append", choices=tuple(OPS), help="the ops to build, repeatable (default: all)")
     comp.add_argument("--shape", action="append", help="also build static artifacts for MxN, e.g. 8192x4096 (repeatable)")
+    comp.add_argument("-v", "--verbose", action="store_true",
+                      help="a line per artifact (built, with its time; up to date; skipped), not only the counts")
     comp.set_defaults(fn=cmd_compile)
 
     b = add(

@@ -19,9 +19,11 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
+from typing import Hashable
 
 from .cache import ArtifactStore
 from .launch_plan import Copy, EntryPlan, LaunchPlan, evaluate, f32_bits
+from .recent import SHAPES_KEPT, RecentlyUsed
 from .runtime import serving_specialization
 from .specialization import Kernel
 from .targets import target_for
@@ -160,11 +162,13 @@ class CudaLauncher:
         self.driver = driver or CudaDriver()
         self.ordinal = ordinal
         self.context = self.driver.primary_context(ordinal)
-        self._kernels: dict[tuple[int, str, str], _Kernel] = {}
+        # Keyed by the artifact a plan was read from, which (unlike id(plan))
+        # no other plan can take over once that plan is garbage-collected.
+        self._kernels: dict[tuple[Hashable, str, str], _Kernel] = {}
         self._lock = threading.Lock()
 
-    def _kernel(self, plan: LaunchPlan, executable: str, name: str) -> _Kernel:
-        key = (id(plan), executable, name)
+    def _kernel(self, artifact: Hashable, plan: LaunchPlan, executable: str, name: str) -> _Kernel:
+        key = (artifact, executable, name)
         kernel = self._kernels.get(key)
         if kernel is None:
             with self._lock:
@@ -178,18 +182,20 @@ class CudaLauncher:
                         if export.module not in loaded:
                             loaded[export.module] = self.driver.load_module(
                                 self.context, source.images[export.module], f"{executable}[{export.module}]")
-                        self._kernels[(id(plan), executable, kernel_name)] = _Kernel(
+                        self._kernels[(artifact, executable, kernel_name)] = _Kernel(
                             kernel_name, self.driver.function(loaded[export.module], kernel_name, export.shared_memory),
                             export.block, export.shared_memory,
                         )
                     kernel = self._kernels[key]
         return kernel
 
-    def bind(self, plan: LaunchPlan, entry: str, dims: dict, scalars: dict, tensor_args: tuple[int, ...]) -> BoundEntry:
-        """``entry`` of ``plan`` for one call: ``dims`` maps a VM argument to its
-        tensor's shape, ``scalars`` a VM argument to its f32 value, and
-        ``tensor_args`` lists the VM arguments in the order the caller passes
-        their addresses. ``plan`` must stay alive while its kernels are used."""
+    def bind(self, artifact: Hashable, plan: LaunchPlan, entry: str, dims: dict, scalars: dict,
+             tensor_args: tuple[int, ...]) -> BoundEntry:
+        """``entry`` of ``plan`` for one call: ``artifact`` names what the plan
+        was read from (its Specialization), under which its kernels stay
+        loaded; ``dims`` maps a VM argument to its tensor's shape, ``scalars``
+        a VM argument to its f32 value, and ``tensor_args`` lists the VM
+        arguments in the order the caller passes their addresses."""
         entry_plan: EntryPlan = plan.entries[entry]
         bits = {k: f32_bits(v) for k, v in scalars.items()}
         transients = evaluate(entry_plan.transients_size, dims, bits)
@@ -213,7 +219,7 @@ class CudaLauncher:
                 continue
             grid = tuple(evaluate(g, dims, bits, transients) for g in step.grid)
             constants = [evaluate(c, dims, bits, transients) & 0xFFFFFFFF for c in step.constants]
-            launches.append(_Launch(self._kernel(plan, step.executable, step.kernel), grid, constants,
+            launches.append(_Launch(self._kernel(artifact, plan, step.executable, step.kernel), grid, constants,
                                     [source(b, o) for b, o in step.bindings]))
         return BoundEntry(transients, allocations, tuple(launches))
 
@@ -271,25 +277,25 @@ class DirectRunner:
         self.target = target_for("cuda")
         self.store = store or ArtifactStore()
         self.static_shapes = static_shapes
-        self._plans: dict = {}  # Specialization -> LaunchPlan, kept for the launcher's loaded kernels
-        self._bound: dict = {}  # (kernel, entry, dtype, M, N, scalars) -> BoundEntry
-        self._lock = threading.Lock()
+        self._plans = RecentlyUsed(SHAPES_KEPT)  # Specialization -> LaunchPlan
+        self._bound = RecentlyUsed(SHAPES_KEPT)  # (kernel, entry, dtype, M, N, scalars) -> BoundEntry
 
     def _bind(self, kernel: Kernel, entry_name: str, dtype: str, inputs: tuple, outputs: tuple,
               scalars: dict) -> BoundEntry:
         entry = kernel.entry(entry_name)
         spec = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype,
                                       tuple(inputs[0].shape))
-        with self._lock:
-            plan = self._plans.get(spec)
-            if plan is None:
-                plan = self._plans[spec] = self.store.load_plan(spec, self.target)
+        plan = self._plans.get(spec)
+        if plan is None:
+            # Two threads may both read a missing plan: the launcher loads its kernels once per artifact.
+            plan = self.store.load_plan(spec, self.target)
+            self._plans.put(spec, plan)
         # The VM function's arguments: inputs, scalars, outputs.
         first_output = len(entry.inputs) + len(entry.scalars)
         tensor_args = (*range(len(entry.inputs)), *range(first_output, first_output + len(entry.outputs)))
         dims = {arg: tuple(t.shape) for arg, t in zip(tensor_args, inputs + outputs)}
         values = {len(entry.inputs) + i: scalars[name] for i, name in enumerate(entry.scalars)}
-        return self.launcher.bind(plan, entry_name, dims, values, tensor_args)
+        return self.launcher.bind(spec, plan, entry_name, dims, values, tensor_args)
 
     def run(self, kernel: Kernel, entry_name: str, dtype: str, inputs: tuple, outputs: tuple, scalars: dict,
             allocate, stream: int) -> None:
@@ -302,7 +308,8 @@ class DirectRunner:
         key = (kernel.name, entry_name, dtype, *rows.shape, *scalars.values())
         bound = self._bound.get(key)
         if bound is None:
-            bound = self._bound[key] = self._bind(kernel, entry_name, dtype, inputs, outputs, scalars)
+            bound = self._bind(kernel, entry_name, dtype, inputs, outputs, scalars)
+            self._bound.put(key, bound)
         addresses = [t.data_ptr() for t in inputs]
         addresses += [t.data_ptr() for t in outputs]
         scratch = [allocate(max(size, 1)) for size in (bound.transients, *bound.allocations)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
+import logging
 import numbers
 import os
 import threading
@@ -21,11 +22,14 @@ import numpy as np
 from iree import runtime as ireert
 
 from . import compiler
-from .cache import ArtifactStore
+from .cache import ArtifactStore, artifact_name
 from .dtypes import NUMPY_DTYPES, STATS_DTYPES, STORAGE_DTYPES
+from .recent import SHAPES_KEPT, RecentlyUsed
 from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
 from .specialization import Entry, Kernel, Role, Specialization
 from .targets import DRIVERS, target_for
+
+log = logging.getLogger("lnbwd_iree")
 
 __all__ = ["NUMPY_DTYPES", "STATS_DTYPES", "STORAGE_DTYPES", "LayerNormKernels", "check_eps", "check_problem"]
 
@@ -248,7 +252,7 @@ class _Entry:
     context: ireert.VmContext
     function: ireert.VmFunction
     size_function: ireert.VmFunction | None
-    transients: dict  # (M, N) -> HalBuffer
+    transients: RecentlyUsed  # (M, N) -> HalBuffer
 
 
 @dataclass(frozen=True)
@@ -289,8 +293,35 @@ def serving_specialization(store: ArtifactStore, target, static_shapes: bool | N
     where it is wanted and can be had, else the dynamic-shape one."""
     static, dynamic = Specialization.serving(kernel, dtype, *shape), Specialization(kernel, dtype)
     if static_shapes is None:
-        return static if compiler.compiler_version() is not None or store.find(static, target) else dynamic
+        if compiler.compiler_version() is not None or store.find(static, target):
+            return static
+        _report_dynamic_fallback(store, target, static)
+        return dynamic
     return static if static_shapes else dynamic
+
+
+_fallback_lock = threading.Lock()
+_fallback_reported = False
+
+
+def _report_dynamic_fallback(store: ArtifactStore, target, static: Specialization) -> None:
+    """A runtime-only deployment serving a shape with the (slower) dynamic
+    artifact: a warning, once per process (the first such shape; the reason
+    and the remedy are the same for the others)."""
+    global _fallback_reported
+    with _fallback_lock:
+        if _fallback_reported:
+            return
+        _fallback_reported = True
+    shape = f"N={static.n}" if static.m is None else f"M={static.m} N={static.n}"
+    searched = ", ".join(str(d) for d in (*store.artifact_dirs, store.cache_dir))
+    log.warning(
+        "%s %s: no %s artifact %s in %s and iree-base-compiler is not installed to build it, so the dynamic-shape "
+        "artifact serves it (slower: 1.5x on CPUs, several times on GPUs); `lnbwd-iree compile --out DIR --target %s "
+        "--dtype %s --shape MxN` builds specialised ones (pass artifact_dir=DIR). Said once: later shapes without "
+        "theirs fall back the same way.",
+        static.kernel.name, shape, static.kind, artifact_name(static, target), searched, target.name, static.dtype,
+    )
 
 
 # Every LayerNormKernels not yet garbage-collected.
@@ -365,9 +396,11 @@ class LayerNormKernels:
         self.store = ArtifactStore(cache_dir, [artifact_dir] if artifact_dir is not None else [])
         self._instance = ireert.VmInstance()
         self._hal_module = ireert.create_hal_module(self._instance, self.device)
-        self._entries: dict[tuple[Specialization, str], _Entry] = {}
-        self._specs: dict[tuple[str, str, tuple[int, int]], Specialization] = {}
-        self._plans: dict[tuple, _Plan] = {}
+        # Per shape (bounded, SHAPES_KEPT each): Specialization -> {function name: _Entry} of its
+        # loaded module; (kernel, dtype, shape) -> Specialization; call signature -> _Plan.
+        self._modules = RecentlyUsed(SHAPES_KEPT)
+        self._specs = RecentlyUsed(SHAPES_KEPT)
+        self._plans = RecentlyUsed(SHAPES_KEPT)
         # Held while a plan is made, which loads entries, specialisations and
         # scratch buffers; plans are only ever added whole, so the cached-plan
         # path reads them unlocked.
@@ -390,7 +423,7 @@ class LayerNormKernels:
             return
         self.synchronize()
         self._plans.clear()
-        self._entries.clear()
+        self._modules.clear()
         self._hal_module = self._instance = self._timeline = self.device = None
 
     def _require_open(self) -> None:
@@ -401,28 +434,33 @@ class LayerNormKernels:
         """Which artifact serves a call of ``shape`` (see ``static_shapes``), decided once per shape."""
         self._require_open()
         key = (kernel.name, dtype, shape)
-        if key not in self._specs:
-            self._specs[key] = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, shape)
-        return self._specs[key]
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = serving_specialization(self.store, self.target, self.static_shapes, kernel, dtype, shape)
+            self._specs.put(key, spec)
+        return spec
 
     def entry(self, kernel: Kernel, dtype: str, name: str, shape: tuple[int, int]) -> _Entry:
         """Entry point ``name`` of ``kernel``'s artifact for [M, N] = ``shape``, loaded once."""
         self._require_open()
         self.target.check_dtype(dtype)
         spec = self.specialization(kernel, dtype, shape)
-        if (spec, name) not in self._entries:
+        entries = self._modules.get(spec)
+        if entries is None:
             path, data = self.store.obtain(spec, self.target)
             try:
                 vm_module = ireert.VmModule.copy_buffer(self._instance, data)
             except (RuntimeError, ValueError) as e:  # bytes that match their record but are no module
                 raise RuntimeError(f"{path} is not a loadable IREE module ({e}); remove it and its record") from e
             context = ireert.VmContext(self._instance, modules=[self._hal_module, vm_module])
+            entries = {}
             for fn_name in kernel.functions:
                 function = vm_module.lookup_function(fn_name)
                 size_name = function.reflection.get("iree.abi.transients.size")
                 size_function = vm_module.lookup_function(size_name) if size_name else None
-                self._entries[(spec, fn_name)] = _Entry(context, function, size_function, {})
-        return self._entries[(spec, name)]
+                entries[fn_name] = _Entry(context, function, size_function, RecentlyUsed(SHAPES_KEPT))
+            self._modules.put(spec, entries)
+        return entries[name]
 
     def _buffer(self, nbytes: int) -> ireert.HalBuffer:
         self._require_open()
@@ -434,7 +472,8 @@ class LayerNormKernels:
 
     def _transients(self, entry: _Entry, shape: tuple[int, int], args: list) -> ireert.HalBuffer:
         """The entry's scratch buffer for ``shape``, sized once by the module itself."""
-        if shape not in entry.transients:
+        buffer = entry.transients.get(shape)
+        if buffer is None:
             constant = entry.function.reflection.get("iree.abi.transients.size.constant")
             if constant is not None:
                 size = int(constant)
@@ -445,8 +484,9 @@ class LayerNormKernels:
                 with self._queue_lock:  # one invoke at a time on a context
                     entry.context.invoke(entry.size_function, query, result)
                 size = int(result.get_variant(0))
-            entry.transients[shape] = self._buffer(max(size, 1))
-        return entry.transients[shape]
+            buffer = self._buffer(max(size, 1))
+            entry.transients.put(shape, buffer)
+        return buffer
 
     @staticmethod
     def _arg_list(args, transients, wait_fence, signal_fence) -> ireert.VmVariantList:
@@ -666,12 +706,19 @@ class LayerNormKernels:
         The first call with a given set of shapes and dtypes validates them and
         finds the artifact; later calls with device arrays of the same
         signature go straight to the device queue."""
+        entry = kernel.entry(name)
+        if scalars.keys() != entry.scalar_names:
+            raise TypeError(f"{name} takes the scalars {entry.scalars}, got {tuple(scalars)}")
+        return self.call_checked(kernel, name, inputs, tuple([check_eps(scalars[s]) for s in entry.scalars]),
+                                 out=out, wait=wait)
+
+    def call_checked(self, kernel: Kernel, name: str, inputs: tuple, values: tuple, *, out=None, wait: bool = True):
+        """``call`` with its scalars as ``values`` in the entry's order, each
+        already checked by ``check_eps``: for callers that check them once
+        per call themselves (lnbwd_iree.torch)."""
         self._require_open()  # before refuse_shared_memory, which reads the device
         entry = kernel.entry(name)
         inputs = tuple(inputs)
-        if scalars.keys() != entry.scalar_names:
-            raise TypeError(f"{name} takes the scalars {entry.scalars}, got {tuple(scalars)}")
-        values = tuple([check_eps(scalars[s]) for s in entry.scalars])
         given = self._given(out, len(entry.outputs))
         refuse_shared_memory(self.device, entry.labels, inputs, given)
         key = _signature(name, inputs + given)
@@ -699,7 +746,7 @@ class LayerNormKernels:
                 [(a, caller[arg.role][1], caller[arg.role][2]) for a, arg in zip(given, entry.outputs)],
             )
             if key is not None:
-                self._plans[key] = plan
+                self._plans.put(key, plan)
         return self._launch(plan, inputs, values, given, wait)
 
     def backward(self, dy, x, gamma, mean=None, rstd=None, *, eps: float = 1e-5, out=None, wait: bool = True):

@@ -136,6 +136,14 @@ class Specialization:
         return f"{self.kernel.name}_{self.signature}"
 
     @property
+    def kind(self) -> str:
+        """Which of a kernel's artifacts this is: "shape-specialised" (static M
+        and N), "per-N" (static N, every M) or "dynamic" (every shape)."""
+        if self.m is not None:
+            return "shape-specialised"
+        return "per-N" if self.n is not None else "dynamic"
+
+    @property
     def vector(self) -> int:
         """Elements per 16-byte access, the width GPU schedules load."""
         return 16 // ITEMSIZE[self.dtype]

@@ -16,12 +16,15 @@ current stream (``CudaBinding``), unless LNBWD_IREE_TORCH_CUDA_PATH=iree
 picks IREE's cuda driver (the device with the same UUID; ``HostOrdering``).
 On ROCm builds of torch ``cuda:N`` runs on IREE's hip driver, with one IREE
 device per (GPU, torch stream) created on that stream (``HipStreamOrdering``).
-Each binding implements ``run`` (entry, input and output tensors, scalars)."""
+Each binding implements ``run`` (entry, input and output tensors, scalars).
+
+Meta tensors and torch.func.vmap go through the custom ops (their fake
+kernels and vmap rules); torch.func's autodiff transforms are refused by name
+(``_refuse_autodiff_transforms``)."""
 
 from __future__ import annotations
 
 import atexit
-import collections
 import ctypes
 import math
 import numbers
@@ -30,12 +33,14 @@ import threading
 
 import torch
 from iree import runtime as ireert
+from torch._C._functorch import TransformType
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
 from .cuda_launch import DirectRunner
 from .dtypes import TABLE
 from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
+from .recent import RecentlyUsed
 from .runtime import DLTensor, LayerNormKernels, check_eps
 from .specialization import Kernel, Role
 
@@ -176,32 +181,6 @@ class _BorrowCapsule:
 _borrow_capsule = _BorrowCapsule()
 
 
-class _RecentlyUsed:
-    """A thread-safe map that keeps its ``size`` most recently used entries."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class IreeBinding:
     """One IREE device (its ``LayerNormKernels``) serving one torch device, how
     calls are ordered with torch's work, and the weights imported so far."""
@@ -215,8 +194,8 @@ class IreeBinding:
     def __init__(self, kernels: LayerNormKernels, ordering):
         self.kernels = kernels
         self.ordering = ordering
-        self._vectors = _RecentlyUsed(self.VECTOR_CACHE_SIZE)
-        self._borrowed = _RecentlyUsed(self.BORROWED_CACHE_SIZE)
+        self._vectors = RecentlyUsed(self.VECTOR_CACHE_SIZE)
+        self._borrowed = RecentlyUsed(self.BORROWED_CACHE_SIZE)
         self._kept_after_failure: list = []
         self._lock = threading.Lock()
 
@@ -273,13 +252,15 @@ class IreeBinding:
 
     def run(self, kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, scalars: dict) -> None:
         """Entry ``entry_name`` of ``kernel`` on the tensors ``inputs`` (in its
-        kernel shapes: [M, N], [N], [M]) into ``outputs``: the one launcher
+        kernel shapes: [M, N], [N], [M]) into ``outputs``, with ``scalars``
+        (name -> value) already checked (``check_eps``): the one launcher
         interface that ``CudaBinding`` also implements."""
         entry = kernel.entry(entry_name)
         arrays = tuple(self.vector(t) if arg.role is Role.COLUMNS else self.borrowed(t)
                        for arg, t in zip(entry.inputs, inputs))
         out = tuple(self.borrowed(t) for t in outputs)
-        self.call(lambda: self.kernels.call(kernel, entry_name, arrays, out=out, wait=self.ordering.wait, **scalars),
+        values = tuple(scalars[name] for name in entry.scalars)
+        self.call(lambda: self.kernels.call_checked(kernel, entry_name, arrays, values, out=out, wait=self.ordering.wait),
                   inputs + outputs)
 
     def vector(self, tensor: torch.Tensor) -> ireert.DeviceArray:
@@ -439,10 +420,10 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _run(kernel: Kernel, entry_name: str, inputs: tuple, outputs: tuple, **scalars) -> None:
-    """Entry ``entry_name`` of ``kernel`` on x's device (x: the first input), through its binding."""
+    """Entry ``entry_name`` of ``kernel`` on x's device (x: the first input), through its binding;
+    ``scalars`` (eps) were checked by the caller (``check_eps``, once per call)."""
     binding = binding_for(inputs[0].device)
-    binding.run(kernel, entry_name, tuple(_aligned(t) for t in inputs), outputs,
-                {name: check_eps(value) for name, value in scalars.items()})
+    binding.run(kernel, entry_name, tuple(_aligned(t) for t in inputs), outputs, scalars)
 
 
 def _forward_kernel(x, weight, bias, eps):
@@ -469,7 +450,7 @@ def layer_norm_fwd(
     """(y, mean, rstd) of layer_norm over the last dim of ``x``; mean and rstd
     have x's leading dims, in f32 (f64 for f64 data). ``weight``/``bias``
     ([N] or None) may have another floating dtype than x, as in torch."""
-    return _forward_kernel(x, weight, bias, eps)
+    return _forward_kernel(x, weight, bias, check_eps(eps))
 
 
 @layer_norm_fwd.register_fake
@@ -552,6 +533,62 @@ layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 torch.library.register_autocast("lnbwd_iree::layer_norm_fwd", "cuda", torch.float32)
 
 
+# ---- torch.func.vmap: the vmapped dim becomes one more leading (row) dim of one call -------------
+
+
+def _batch_first(info, tensor, dim):
+    """``tensor`` with the vmapped dim first, expanded to the batch where it has none."""
+    return tensor.movedim(dim, 0) if dim is not None else tensor.expand(info.batch_size, *tensor.shape)
+
+
+def _per_example(vector, dim, rows):
+    """A vmapped [N] weight or bias ([B, N] once its dim is first) shaped to broadcast over ``rows`` [B, ..., N]."""
+    vector = vector.movedim(dim, 0)
+    return vector.reshape(vector.shape[0], *(1,) * (rows.dim() - 2), vector.shape[-1])
+
+
+def _column_sums(rows):
+    """Per-example sums over the rows of [B, ..., N]: [B, N]."""
+    return rows.reshape(rows.shape[0], -1, rows.shape[-1]).sum(1)
+
+
+@layer_norm_fwd.register_vmap
+def _(info, in_dims, x, weight, bias, eps):
+    x_dim, weight_dim, bias_dim, _ = in_dims
+    x = _batch_first(info, x, x_dim)
+    if weight_dim is None and bias_dim is None:
+        return layer_norm_fwd(x, weight, bias, eps), (0, 0, 0)
+    # A weight or bias per example (model ensembles): normalise in one call, then scale and shift each example.
+    y, mean, rstd = layer_norm_fwd(x, None, None, eps)
+    scaled = y if weight is None else y * (weight if weight_dim is None else _per_example(weight, weight_dim, y))
+    shifted = scaled if bias is None else scaled + (bias if bias_dim is None else _per_example(bias, bias_dim, y))
+    return (shifted.to(x.dtype), mean, rstd), (0, 0, 0)
+
+
+@layer_norm_bwd.register_vmap
+def _(info, in_dims, dy, x, weight, mean, rstd):
+    dy_dim, x_dim, weight_dim, mean_dim, rstd_dim = in_dims
+    dy, x = _batch_first(info, dy, dy_dim), _batch_first(info, x, x_dim)
+    mean, rstd = _batch_first(info, mean, mean_dim), _batch_first(info, rstd, rstd_dim)
+    if weight_dim is None:
+        dx = layer_norm_bwd(dy, x, weight, mean, rstd)[0]
+    else:  # dx of a per-example weight w is the weightless one of dy * w
+        dx = layer_norm_bwd(dy * _per_example(weight, weight_dim, dy), x, None, mean, rstd)[0]
+    # The kernel's column sums run over every example's rows: per example in torch ops.
+    grad_dtype = weight.dtype if weight is not None else x.dtype
+    x_hat = (x - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
+    dweight, dbias = _column_sums(dy * x_hat).to(grad_dtype), _column_sums(dy.to(rstd.dtype)).to(grad_dtype)
+    return (dx, dweight, dbias), (0, 0, 0)
+
+
+def _no_forward_mode(ctx, *tangents):
+    # autograd.Function.jvp: forward-mode AD (torch.autograd.forward_ad dual tensors).
+    raise RuntimeError(
+        "lnbwd_iree.torch's LayerNorm and RMSNorm have no forward-mode AD (dual tensors, jvp); use "
+        "torch.nn.functional.layer_norm / rms_norm where tangents are needed."
+    )
+
+
 class _EagerLayerNorm(torch.autograd.Function):
     """The custom ops' forward and backward without torch's dispatch of
     Python custom ops, which costs more than the IREE call on small shapes;
@@ -570,13 +607,37 @@ class _EagerLayerNorm(torch.autograd.Function):
     def backward(ctx, dy):
         return (*_gradients(dy, *ctx.saved_tensors, _backward_kernel), None)
 
+    jvp = staticmethod(_no_forward_mode)
+
 
 def _plain_eager(*tensors) -> bool:
-    """True outside torch.compile/export tracing, dispatch modes and tensor
-    subclasses (fake, functional, DTensor), where the custom ops must be used."""
+    """True outside torch.compile/export tracing, dispatch modes, tensor
+    subclasses (fake, functional, DTensor), torch.func transforms and meta
+    tensors, where the custom ops must be used (their fake kernels serve meta
+    tensors, their vmap rules torch.func.vmap)."""
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return False
-    return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return all(t is None or ((type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and not t.is_meta)
+               for t in tensors)
+
+
+def _refuse_autodiff_transforms(function: str) -> None:
+    """torch.func's autodiff transforms cannot go through the custom ops in
+    torch 2.13: grad (vjp, jacrev, hessian) refuses their generated
+    autograd.Function (it has no setup_context), and jvp (jacfwd) would give
+    zero tangents without a word. vmap is supported (the ops' vmap rules)."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace the interpreter stack, and handles torch.func itself
+        return
+    transforms = {interpreter.key() for interpreter in torch._C._functorch.get_interpreter_stack() or ()}
+    if transforms & {TransformType.Grad, TransformType.Jvp}:
+        raise RuntimeError(
+            f"lnbwd_iree.torch.{function} does not support torch.func.grad, vjp, jvp, jacrev, jacfwd or hessian "
+            "(torch 2.13's custom ops cannot take part in them; only torch.func.vmap is supported). For gradients "
+            f"use .backward() or torch.autograd.grad, which run our backward; inside torch.func transforms use "
+            f"torch.nn.functional.{function}."
+        )
 
 
 def _rows(function: str, x: torch.Tensor, normalized_shape) -> tuple[torch.Tensor, int]:
@@ -617,6 +678,7 @@ def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: f
     if _plain_eager(flat, weight, bias):
         y = _EagerLayerNorm.apply(*_autocast(flat, weight, bias), eps)
     else:
+        _refuse_autodiff_transforms("layer_norm")
         y = layer_norm_fwd(flat, weight, bias, eps)[0]
     return y if flat is x else y.reshape(x.shape)
 
@@ -632,10 +694,21 @@ class _Normalization(torch.nn.Module):
         self.normalized_shape = tuple(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
+        self._initial_values = {name: value for name, value in parameters.items() if value is not None}
         for name, value in parameters.items():
             present = elementwise_affine and value is not None
-            tensor = torch.full(self.normalized_shape, value, device=device, dtype=dtype) if present else None
+            tensor = torch.empty(self.normalized_shape, device=device, dtype=dtype) if present else None
             self.register_parameter(name, torch.nn.Parameter(tensor) if present else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The parameters' initial values (as torch's modules: after ``to_empty``
+        of a module built on the meta device, for one)."""
+        with torch.no_grad():
+            for name, value in self._initial_values.items():
+                parameter = getattr(self, name)
+                if parameter is not None:
+                    parameter.fill_(value)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -685,7 +758,7 @@ def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tu
     """(y, rstd) of rms_norm over the last dim of ``x``; rstd = 1/sqrt(mean(x^2) + eps)
     has x's leading dims, in f32 (f64 for f64 data). ``weight`` ([N] or None)
     may have another floating dtype than x."""
-    return _rms_norm_forward_kernel(x, weight, eps)
+    return _rms_norm_forward_kernel(x, weight, check_eps(eps))
 
 
 @rms_norm_fwd.register_fake
@@ -752,6 +825,28 @@ def _rms_backward(ctx, dy, _drstd):
 rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup_context)
 
 
+@rms_norm_fwd.register_vmap
+def _(info, in_dims, x, weight, eps):
+    x_dim, weight_dim, _ = in_dims
+    x = _batch_first(info, x, x_dim)
+    if weight_dim is None:
+        return rms_norm_fwd(x, weight, eps), (0, 0)
+    y, rstd = rms_norm_fwd(x, None, eps)
+    return ((y * _per_example(weight, weight_dim, y)).to(x.dtype), rstd), (0, 0)
+
+
+@rms_norm_bwd.register_vmap
+def _(info, in_dims, dy, x, weight, rstd):
+    dy_dim, x_dim, weight_dim, rstd_dim = in_dims
+    dy, x, rstd = _batch_first(info, dy, dy_dim), _batch_first(info, x, x_dim), _batch_first(info, rstd, rstd_dim)
+    if weight_dim is None:
+        dx = rms_norm_bwd(dy, x, weight, rstd)[0]
+    else:
+        dx = rms_norm_bwd(dy * _per_example(weight, weight_dim, dy), x, None, rstd)[0]
+    grad_dtype = weight.dtype if weight is not None else x.dtype
+    return (dx, _column_sums(dy * x * rstd.unsqueeze(-1)).to(grad_dtype)), (0, 0)
+
+
 class _EagerRMSNorm(torch.autograd.Function):
     """rms_norm_fwd/rms_norm_bwd without torch's dispatch of Python custom ops,
     in plain eager mode only (as ``_EagerLayerNorm``)."""
@@ -767,6 +862,8 @@ class _EagerRMSNorm(torch.autograd.Function):
     def backward(ctx, dy):
         return (*_rms_gradients(dy, *ctx.saved_tensors, ctx.eps, _rms_norm_backward_kernel), None)
 
+    jvp = staticmethod(_no_forward_mode)
+
 
 def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None = None) -> torch.Tensor:
     """``torch.nn.functional.rms_norm`` with the IREE kernels; ``eps=None`` is
@@ -781,6 +878,7 @@ def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None =
     if _plain_eager(flat, weight):
         y = _EagerRMSNorm.apply(flat, weight, eps)
     else:
+        _refuse_autodiff_transforms("rms_norm")
         y = rms_norm_fwd(flat, weight, eps)[0]
     return y if flat is x else y.reshape(x.shape)
 

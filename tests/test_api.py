@@ -66,7 +66,7 @@ def test_close_releases_iree_objects_and_refuses_later_calls(cache_dir, rng):
     x = rng.standard_normal((4, 8)).astype(np.float32)
     y, _, _ = kernels.forward(x, np.ones(8, np.float32), np.zeros(8, np.float32), wait=False)
     kernels.close()
-    assert kernels.device is None and not kernels._entries and not kernels._plans
+    assert kernels.device is None and not kernels._modules and not kernels._plans
     assert relative_error(y.to_host(), forward_reference(x, np.ones(8), np.zeros(8))[0]) < 1e-5  # results kept
     with pytest.raises(RuntimeError, match="was closed"):
         kernels.forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
@@ -84,6 +84,7 @@ def test_every_public_method_of_a_closed_kernels_object_says_it_was_closed(cache
         "specialization": lambda: kernels.specialization(LAYERNORM_FORWARD, "f32", (4, 8)),
         "entry": lambda: kernels.entry(LAYERNORM_FORWARD, "f32", "layernorm_forward", (4, 8)),
         "call": lambda: kernels.call(LAYERNORM_FORWARD, "layernorm_forward", (x, gamma, gamma), eps=1e-5),
+        "call_checked": lambda: kernels.call_checked(LAYERNORM_FORWARD, "layernorm_forward", (x, gamma, gamma), (1e-5,)),
         "forward": lambda: kernels.forward(x, gamma, gamma),
         "forward out=": lambda: kernels.forward(x, gamma, gamma, out=held),
         "backward": lambda: kernels.backward(dy, x, gamma),

@@ -1,6 +1,7 @@
 """The lnbwd-iree command line: run, compile, cache, info, help and errors."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from lnbwd_iree import cache
+from lnbwd_iree import cache, compiler, runtime
 from lnbwd_iree.cli import driver_problem, main
 from lnbwd_iree.kernels import LAYERNORM_FORWARD, Specialization
 from lnbwd_iree.runtime import LayerNormKernels
@@ -135,7 +136,7 @@ def test_gpu_compile_prints_its_time_not_expected_compiler_warnings(tmp_path):
     # iree-compile warns "tiling is not thread safe" (docs/design.md).
     done = subprocess.run(
         [sys.executable, "-m", "lnbwd_iree", "compile", "--out", str(tmp_path), "--target", "cuda-sm_80",
-         "--dtype", "f32", "--shape", "8192x4096"],
+         "--dtype", "f32", "--shape", "8192x4096", "--verbose"],
         capture_output=True, text=True, env={**os.environ, cache.CACHE_ENV: str(tmp_path / "cache")},
     )
     assert done.returncode == 0, done.stderr
@@ -143,6 +144,53 @@ def test_gpu_compile_prints_its_time_not_expected_compiler_warnings(tmp_path):
     # Dynamic and 8192x4096, forward and backward, of LayerNorm and RMSNorm.
     assert len(compiled) == 8 and all(" for cuda-sm_80 in " in line and " s -> " in line for line in compiled)
     assert "thread safe" not in done.stderr and len(done.stderr.splitlines()) == 8, done.stderr
+
+
+def compiled_records(caplog):
+    return [r for r in caplog.records if r.name == "lnbwd_iree" and r.getMessage().startswith("compiled ")]
+
+
+def test_compile_prints_a_summary_and_a_line_per_artifact_only_with_verbose(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="lnbwd_iree")
+    compile_args = ["compile", "--out", str(tmp_path), "--target", "vmvx-generic", "--op", "layernorm"]
+    # vmvx has no f16: one skipped pair; f32, bf16, f64: forward and backward each.
+    assert main(compile_args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"built 6, 0 already up to date, 1 target/dtype pairs skipped (unsupported) in {tmp_path};"
+                       " manifest.json lists 6 artifacts (-v: one line per artifact)"], printed
+    assert compiled_records(caplog) == []
+    caplog.clear()
+    assert main([*compile_args, "--dtype", "f32", "--shape", "4x16", "-v"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == ["up to date: layernorm_backward_DxDxf32_vmvx-generic.vmfb",
+                           "up to date: layernorm_forward_DxDxf32_vmvx-generic.vmfb"], printed
+    assert printed[2].startswith("built 2, 2 already up to date in ") and len(printed) == 3, printed
+    assert sorted(r.getMessage().split()[1] for r in compiled_records(caplog)) == [
+        "layernorm_backward_4x16xf32", "layernorm_forward_Dx16xf32"]
+
+
+def test_run_names_the_artifacts_it_used(capsys):
+    assert main(["run", "--m", "64", "--n", "16"]) == 0
+    assert ("  artifacts: layernorm_forward per-N (Dx16xf32), layernorm_backward shape-specialised (64x16xf32)"
+            in capsys.readouterr().out.splitlines())
+
+
+def test_runtime_only_fallback_to_the_dynamic_artifact_is_said_once(tmp_path, monkeypatch, capsys, caplog):
+    """No compiler and no specialised artifact: the dynamic one serves, `run`
+    names it, and one warning (not one per shape) says why."""
+    assert main(["compile", "--out", str(tmp_path), "--target", "vmvx-generic", "--dtype", "f32"]) == 0
+    monkeypatch.setattr(compiler, "compiler_version", lambda: None)
+    monkeypatch.setattr(runtime, "_fallback_reported", False)
+    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="lnbwd_iree")
+    for m in (8, 9):
+        assert main(["run", "--m", str(m), "--n", "16", "--backend", "vmvx", "--artifact-dir", str(tmp_path)]) == 0
+        assert ("  artifacts: layernorm_forward dynamic (DxDxf32), layernorm_backward dynamic (DxDxf32)"
+                in capsys.readouterr().out.splitlines())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("layernorm_forward N=16: no per-N artifact layernorm_forward_Dx16xf32_vmvx-generic"
+                                  ".vmfb in ") and "iree-base-compiler is not installed" in warnings[0]
 
 
 def test_bad_device_is_reported_not_raised(capsys):

@@ -172,11 +172,11 @@ def test_tensors_of_a_call_that_failed_after_queuing_are_kept(monkeypatch):
         raise ValueError("rejected before queuing")
 
     kept = len(binding._kept_after_failure)
-    monkeypatch.setattr(kernels, "call", rejected)
+    monkeypatch.setattr(kernels, "call_checked", rejected)
     with pytest.raises(ValueError, match="rejected before queuing"):
         ours_module._forward_kernel(x, weight, bias, 1e-5)
     assert len(binding._kept_after_failure) == kept
-    monkeypatch.setattr(kernels, "call", failing_after_queue)
+    monkeypatch.setattr(kernels, "call_checked", failing_after_queue)
     with pytest.raises(RuntimeError, match="submission failed"):
         ours_module._forward_kernel(x, weight, bias, 1e-5)
     assert len(binding._kept_after_failure) == kept + 1
@@ -219,6 +219,31 @@ def test_eps_that_is_not_a_number_is_refused_by_name(eps):
     for call in calls:
         with pytest.raises(TypeError, match=f"eps must be a real number .int or float., got {type(eps).__name__}"):
             call()
+
+
+@pytest.mark.parametrize("module", [LayerNorm(8), ours_module.RMSNorm(8, eps=1e-6)], ids=lambda m: type(m).__name__)
+def test_eps_is_checked_once_per_call(module, monkeypatch):
+    """Once in the public function: not again in the binding or in LayerNormKernels.call."""
+    import lnbwd_iree.runtime as runtime
+
+    checked = []
+    check = runtime.check_eps
+    counting = lambda eps: checked.append(eps) or check(eps)  # noqa: E731
+    monkeypatch.setattr(runtime, "check_eps", counting)
+    monkeypatch.setattr(ours_module, "check_eps", counting)
+    x = torch.randn(4, 8, requires_grad=True)
+    y = module(x)
+    assert len(checked) == 1
+    y.sum().backward()
+    assert len(checked) == 1
+
+
+@pytest.mark.parametrize("call", [lambda x: layer_norm_fwd(x, None, None, -1.0),
+                                  lambda x: ours_module.rms_norm_fwd(x, None, float("nan"))],
+                         ids=["layer_norm_fwd", "rms_norm_fwd"])
+def test_the_custom_ops_called_directly_check_eps(call):
+    with pytest.raises(ValueError, match="eps must be a number in"):
+        call(torch.randn(4, 8))
 
 
 @pytest.mark.parametrize("module", [LayerNorm(8), ours_module.RMSNorm(8)], ids=lambda m: type(m).__name__)
