@@ -233,7 +233,7 @@ class CudaLauncher:
             if isinstance(launch, _Copy):
                 (source, source_offset), (target, target_offset) = launch.source, launch.target
                 args = (addresses[target] + target_offset, addresses[source] + source_offset, launch.length, stream)
-                self._call(lib.cuMemcpyDtoDAsync_v2, args, f"cuMemcpyDtoDAsync of {launch.length} bytes")
+                self._call(lib.cuMemcpyDtoDAsync_v2, args, launch)
                 continue
             kernel = launch.kernel
             with launch.lock:
@@ -241,12 +241,13 @@ class CudaLauncher:
                 for i, (slot, offset) in enumerate(launch.sources):
                     pointers[i] = addresses[slot] + offset
                 args = (kernel.function, *launch.grid, *kernel.block, kernel.shared_memory, stream, launch.params, None)
-                self._call(lib.cuLaunchKernel, args,
-                           f"cuLaunchKernel of {kernel.name} (grid {launch.grid}, block {kernel.block})")
+                self._call(lib.cuLaunchKernel, args, launch)
 
-    def _call(self, function, args, what: str) -> None:
+    def _call(self, function, args, launch) -> None:
         status = function(*args)
-        if status != 0 and self._foreign_context():
+        if status == 0:
+            return
+        if self._foreign_context():
             # Another device's context is current on this thread: run in ours,
             # leaving the caller's current context as it was.
             lib = self.driver.lib
@@ -255,6 +256,10 @@ class CudaLauncher:
                 status = function(*args)
             finally:
                 lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+        if isinstance(launch, _Copy):
+            what = f"cuMemcpyDtoDAsync of {launch.length} bytes"
+        else:
+            what = f"cuLaunchKernel of {launch.kernel.name} (grid {launch.grid}, block {launch.kernel.block})"
         self.driver.check(status, what)
 
     def _foreign_context(self) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PROBES = Path(__file__).resolve().parent.parent / "scripts" / "probes"
-NAMES = ["call_overhead", "forward_probe", "gpu_gaps", "kernel_probe", "profile_dispatches", "torch_step_probe",
+NAMES = ["call_overhead", "direct_host_time", "forward_probe", "gpu_gaps", "kernel_probe", "profile_dispatches", "torch_step_probe",
          "torch_step_trace"]
 
 
