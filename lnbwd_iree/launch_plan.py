@@ -12,7 +12,7 @@ with every number an expression over the call's tensor dims and f32 scalars;
 and for each executable, its kernels as the driver loads them (PTX or HSACO,
 names, block dims, dynamic shared memory).
 With a plan, a caller that has a stream (torch's) launches the same kernels
-there directly, bypassing IREE's runtime (``lnbwd_iree.cuda_launch``).
+there directly, bypassing IREE's runtime (``lnbwd_iree.direct_launch``).
 
 The reader knows the VM ops our entry points use. Any other op, or a value it
 cannot express, is a ``PlanError`` when the artifact is built, naming the op

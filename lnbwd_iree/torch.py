@@ -12,10 +12,12 @@ other tensors are imported without ownership and reused by address
 
 CPU tensors run on IREE's local-task. ``cuda:N`` tensors skip IREE's
 runtime: the artifact's kernels are launched from its launch plan on torch's
-current stream (``CudaBinding``), unless LNBWD_IREE_TORCH_CUDA_PATH=iree
+current stream (``DirectBinding``), unless LNBWD_IREE_TORCH_CUDA_PATH=iree
 picks IREE's cuda driver (the device with the same UUID; ``HostOrdering``).
-On ROCm builds of torch ``cuda:N`` runs on IREE's hip driver, with one IREE
-device per (GPU, torch stream) created on that stream (``HipStreamOrdering``).
+On ROCm builds of torch ``cuda:N`` runs on IREE's hip driver by default, with
+one IREE device per (GPU, torch stream) created on that stream
+(``HipStreamOrdering``); LNBWD_IREE_TORCH_HIP_PATH=direct launches the HSACO
+from the launch plan on torch's stream instead (not yet run on AMD hardware).
 Each binding implements ``run`` (entry, input and output tensors, scalars).
 
 Meta tensors and torch.func.vmap go through the custom ops (their fake
@@ -37,30 +39,36 @@ from torch._C._functorch import TransformType
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .api import kernels_for
-from .cuda_launch import DirectRunner
+from .direct_launch import DirectRunner
 from .dtypes import TABLE
 from .kernels import LAYERNORM_BACKWARD, LAYERNORM_FORWARD, RMSNORM_BACKWARD, RMSNORM_FORWARD
 from .recent import RecentlyUsed
 from .runtime import DLTensor, LayerNormKernels, check_eps
 from .specialization import Kernel, Role
+from .targets import target_for
 
 # float64 runs on CPUs only (for torch.autograd.gradcheck).
 _DTYPES = {getattr(torch, d.torch_name): d for d in TABLE.values()}
 SUPPORTED_DTYPES = tuple(_DTYPES)
-# How cuda:N tensors reach the kernels (not on ROCm builds of torch):
-# "direct" (default) launches them on torch's current stream (CudaBinding),
-# "iree" goes through IREE's cuda driver (IreeBinding with HostOrdering).
-CUDA_PATH_ENV = "LNBWD_IREE_TORCH_CUDA_PATH"
-CUDA_PATHS = ("direct", "iree")
+# How cuda:N tensors reach the kernels: "direct" launches them on torch's
+# current stream (DirectBinding), "iree" goes through IREE's runtime
+# (IreeBinding: HostOrdering on CUDA, HipStreamOrdering on ROCm). CUDA builds
+# of torch default to direct, ROCm builds to iree until the direct HIP launch
+# has run on AMD hardware.
+GPU_PATH_ENV = {"cuda": "LNBWD_IREE_TORCH_CUDA_PATH", "hip": "LNBWD_IREE_TORCH_HIP_PATH"}
+GPU_PATH_DEFAULT = {"cuda": "direct", "hip": "iree"}
+GPU_PATHS = ("direct", "iree")
 # IREE's memory import and the kernels' vector loads need this alignment; a
 # tensor not so aligned (a view at an offset) is copied once for the call.
 ALIGNMENT = 64
 
 
-def cuda_path() -> str:
-    path = os.environ.get(CUDA_PATH_ENV, "direct")
-    if path not in CUDA_PATHS:
-        raise ValueError(f"{CUDA_PATH_ENV}={path!r}; expected one of {CUDA_PATHS}")
+def gpu_path() -> str:
+    """"direct" or "iree": how this torch build's cuda:N tensors reach the kernels (GPU_PATH_ENV)."""
+    api = "hip" if torch.version.hip else "cuda"
+    path = os.environ.get(GPU_PATH_ENV[api], GPU_PATH_DEFAULT[api])
+    if path not in GPU_PATHS:
+        raise ValueError(f"{GPU_PATH_ENV[api]}={path!r}; expected one of {GPU_PATHS}")
     return path
 
 
@@ -68,7 +76,7 @@ def cuda_path() -> str:
 # with IREE's queue (hip): a CUDA graph replay would skip that and IREE's
 # submission. The direct launches are plain kernels on torch's stream, which
 # graphs capture.
-_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if torch.version.hip or cuda_path() == "iree" else ()
+_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if gpu_path() == "iree" else ()
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -254,7 +262,7 @@ class IreeBinding:
         """Entry ``entry_name`` of ``kernel`` on the tensors ``inputs`` (in its
         kernel shapes: [M, N], [N], [M]) into ``outputs``, with ``scalars``
         (name -> value) already checked (``check_eps``): the one launcher
-        interface that ``CudaBinding`` also implements."""
+        interface that ``DirectBinding`` also implements."""
         entry = kernel.entry(entry_name)
         arrays = tuple(self.vector(t) if arg.role is Role.COLUMNS else self.borrowed(t)
                        for arg, t in zip(entry.inputs, inputs))
@@ -278,16 +286,21 @@ class IreeBinding:
         return entry[1]
 
 
-class CudaBinding:
+class DirectBinding:
     """cuda:N without IREE's runtime: each call's kernels launched from the
-    artifact's launch plan on torch's current stream (``DirectRunner``).
+    artifact's launch plan on torch's current stream (``DirectRunner``; PTX
+    through the CUDA driver API, or HSACO through HIP's on ROCm builds).
     Outputs and scratch come from torch's caching allocator on that stream,
-    nothing is waited for on the host, and CUDA graphs capture the launches."""
+    nothing is waited for on the host, and graphs capture the launches."""
 
     def __init__(self, torch_device: torch.device, static_shapes: bool | None = None):
         self.torch_device = torch_device
         self.index = torch_device.index
-        self.runner = DirectRunner(self.index, static_shapes)
+        if torch.version.hip:
+            target = target_for("hip", torch.cuda.get_device_properties(self.index).gcnArchName.split(":")[0])
+        else:
+            target = target_for("cuda")
+        self.runner = DirectRunner(self.index, target, static_shapes)
 
     def _scratch(self, nbytes: int) -> torch.Tensor:
         # Freed when the call returns, reused only by work queued after its kernels.
@@ -354,13 +367,14 @@ def _open_gpu(torch_device: torch.device) -> IreeBinding:
     return IreeBinding(LayerNormKernels("cuda", hal_device=hal_device), HostOrdering(torch.device("cuda", index)))
 
 
-def binding_for(torch_device: torch.device) -> IreeBinding | CudaBinding:
-    """The cached binding of a torch device (and, on HIP, its current stream)."""
+def binding_for(torch_device: torch.device) -> IreeBinding | DirectBinding:
+    """The cached binding of a torch device (and, through IREE's hip driver, its current stream)."""
     if torch_device.type == "cpu":
         key = ("cpu",)
     elif torch_device.type == "cuda":
         index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
-        key = ("cuda", index, torch.cuda.current_stream(index).cuda_stream if torch.version.hip else None)
+        per_stream = torch.version.hip and gpu_path() == "iree"
+        key = ("cuda", index, torch.cuda.current_stream(index).cuda_stream if per_stream else None)
     else:
         raise NotImplementedError(f"lnbwd_iree.torch runs on CPU and CUDA/ROCm tensors, got a {torch_device} tensor")
     binding = _bindings.get(key)
@@ -370,8 +384,8 @@ def binding_for(torch_device: torch.device) -> IreeBinding | CudaBinding:
             if binding is None:
                 if key[0] == "cpu":
                     binding = IreeBinding(kernels_for("local-task"), HostOrdering(torch_device))
-                elif not torch.version.hip and cuda_path() == "direct":
-                    binding = CudaBinding(torch.device("cuda", key[1]))
+                elif gpu_path() == "direct":
+                    binding = DirectBinding(torch.device("cuda", key[1]))
                 else:
                     binding = _open_gpu(torch_device)
                 _bindings[key] = binding

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from lnbwd_iree.bench import Bench, parse_shape, time_interleaved
-from lnbwd_iree.torch import IreeBinding, LayerNorm, RMSNorm, binding_for, cuda_path
+from lnbwd_iree.torch import IreeBinding, LayerNorm, RMSNorm, binding_for, gpu_path
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -352,7 +352,7 @@ def main(argv=None):
     copy_gbps, l2 = figures.copy_gbps, figures.l2_bytes
     log(f"device {figures.name}: copy {copy_gbps:.0f} GB/s, L2 {l2 >> 20} MiB, torch {torch.__version__}")
     report = {"device": figures.name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-              "copy_gbps": copy_gbps, "cuda_path": cuda_path() if device == "cuda" else None,
+              "copy_gbps": copy_gbps, "gpu_path": gpu_path() if device == "cuda" else None,
               "timing": f"bench.time_interleaved, median of {args.trials} trials",
               "layer_norm": [], "crossings": [], "block": []}
     for m, n in shapes:

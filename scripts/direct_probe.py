@@ -1,4 +1,4 @@
-"""On a CUDA machine: lnbwd_iree.torch's direct launch path (CudaBinding) checked and timed.
+"""On a CUDA machine: lnbwd_iree.torch's direct launch path (DirectBinding) checked and timed.
 
 Checks each module's forward and backward against a float64 reference
 (relative norm error), that calls queue behind a GPU sleep without a host
@@ -51,7 +51,7 @@ def step_time(module, xs, dys):
 
 
 def main():
-    assert ours.cuda_path() == "direct"
+    assert ours.gpu_path() == "direct"
     rows = []
     for norm in ("layernorm", "rmsnorm"):
         for dtype in (torch.float32, torch.bfloat16):

@@ -575,7 +575,7 @@ def test_ddp_on_two_processes_matches_one_process_on_the_whole_batch(tmp_path):
 def test_ops_are_kept_out_of_cuda_graphs_only_through_iree():
     """Through IREE's runtime the ops synchronise with the host or IREE's queue,
     which a CUDA graph replay would skip; the direct launches are capturable."""
-    through_iree = bool(torch.version.hip) or ours_module.cuda_path() == "iree"
+    through_iree = bool(torch.version.hip) or ours_module.gpu_path() == "iree"
     for op in (torch.ops.lnbwd_iree.layer_norm_fwd.default, torch.ops.lnbwd_iree.layer_norm_bwd.default,
                torch.ops.lnbwd_iree.rms_norm_fwd.default, torch.ops.lnbwd_iree.rms_norm_bwd.default):
         assert (torch.Tag.cudagraph_unsafe in op.tags) == through_iree
@@ -628,7 +628,7 @@ def test_ddp_train_script_with_torchrun_on_two_cpu_processes(tmp_path):
     assert result["ok"]
 
 
-DIRECT_CUDA = [d for d in DEVICES if d != "cpu" and not torch.version.hip and ours_module.cuda_path() == "direct"]
+DIRECT_CUDA = [d for d in DEVICES if d != "cpu" and not torch.version.hip and ours_module.gpu_path() == "direct"]
 
 
 @pytest.mark.parametrize("device", DIRECT_CUDA)
@@ -727,3 +727,19 @@ def test_cuda_reduce_overhead_compile_of_a_training_step_matches_eager(device):
         y_eager.backward(dy)
         for (name, p), q in zip(block.named_parameters(), reference.parameters()):
             assert relative(p.grad, q.grad) < 1e-5, (step, name)
+
+
+def test_gpu_path_defaults_to_direct_on_cuda_and_to_iree_on_rocm(monkeypatch):
+    monkeypatch.delenv("LNBWD_IREE_TORCH_CUDA_PATH", raising=False)
+    monkeypatch.delenv("LNBWD_IREE_TORCH_HIP_PATH", raising=False)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert ours_module.gpu_path() == "direct"
+    monkeypatch.setenv("LNBWD_IREE_TORCH_CUDA_PATH", "iree")
+    assert ours_module.gpu_path() == "iree"
+    monkeypatch.setattr(torch.version, "hip", "6.4")
+    assert ours_module.gpu_path() == "iree"  # the HIP direct launch has not run on AMD hardware: opt-in
+    monkeypatch.setenv("LNBWD_IREE_TORCH_HIP_PATH", "direct")
+    assert ours_module.gpu_path() == "direct"
+    monkeypatch.setenv("LNBWD_IREE_TORCH_HIP_PATH", "fast")
+    with pytest.raises(ValueError, match=r"LNBWD_IREE_TORCH_HIP_PATH='fast'; expected one of \('direct', 'iree'\)"):
+        ours_module.gpu_path()

@@ -93,20 +93,18 @@ class IreeImpl:
 
 class DirectImpl:
     """The artifact specialised to each shape, its kernels launched from its
-    launch plan on torch's current CUDA stream (``cuda_launch.DirectRunner``,
+    launch plan on torch's current stream (``direct_launch.DirectRunner``,
     what ``lnbwd_iree.torch`` uses on cuda:N): torch tensors in and out,
     outputs preallocated per input set, scratch from torch's allocator."""
 
-    def __init__(self, peers: TorchPeers, artifact_dir=None):
+    def __init__(self, peers: TorchPeers, target, artifact_dir=None):
         from ..cache import ArtifactStore
-        from ..cuda_launch import DirectRunner
+        from ..direct_launch import DirectRunner
 
         torch = peers.torch
-        if torch.version.hip:
-            raise NotImplementedError("iree_direct: launches CUDA PTX; on ROCm the IREE HIP runtime serves")
         self.peers = peers
         self.index = torch.cuda.current_device()
-        self.runner = DirectRunner(self.index, static_shapes=True,
+        self.runner = DirectRunner(self.index, target, static_shapes=True,
                                    store=ArtifactStore(artifact_dirs=(artifact_dir,) if artifact_dir else ()))
         self.build = (f"artifact specialised to M x N, target {self.runner.target.name}, launched from its launch"
                       " plan on torch's stream, outputs preallocated per input set")

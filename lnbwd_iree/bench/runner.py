@@ -153,15 +153,11 @@ class Bench:
     def direct(self, artifact_dir) -> dict:
         if self.torch is None:  # torch_peers said why
             return {}
-        if self.torch.device != "cuda" or self.device != "cuda":
+        if self.torch.device != "cuda" or self.device not in ("cuda", "hip"):
             self.notes.append("iree_direct: launches on torch's CUDA stream, so it runs with --device cuda"
-                              " and a CUDA build of torch only")
+                              " (or hip, with a ROCm build of torch) only")
             return {}
-        try:
-            return {"iree_direct": DirectImpl(self.torch, artifact_dir).prepare}
-        except NotImplementedError as e:
-            self.notes.append(str(e))
-            return {}
+        return {"iree_direct": DirectImpl(self.torch, targets.target_for(self.device, self.chip), artifact_dir).prepare}
 
     def liger(self) -> dict:
         if self.torch.device != "cuda":

@@ -8,7 +8,7 @@ it, while a null-launch step costs ~90 µs on a 2-core CPU and the kernels
 replay from a CUDA graph in 26 µs. Each part is timed on the host with the
 GPU kept busy behind a sleep, so a part that waits for the GPU shows the
 sleep's length: the module step (each of several steps alone, to see which
-blocks), DirectRunner.run of the forward and backward, CudaLauncher.launch
+blocks), DirectRunner.run of the forward and backward, GpuLauncher.launch
 alone, one torch.empty, torch's own step; then the same after an IREE cuda
 device is opened in the process (IREE's runtime holds a stream and a thread
 of its own); then a cProfile of module steps.
@@ -66,7 +66,7 @@ def main():
               f"  (first {each[0]:.1f}; sleep {sleep_us:.0f} us){waited}", flush=True)
 
     binding = ours.binding_for(x.device)
-    print(f"binding {type(binding).__name__}, cuda path {ours.cuda_path()}, torch {torch.__version__}")
+    print(f"binding {type(binding).__name__}, path {ours.gpu_path()}, torch {torch.__version__}")
     xd = x.detach()
     weight, bias = module.weight.detach(), module.bias.detach()
     y, mean, rstd = torch.empty_like(xd), xd.new_empty(m, dtype=torch.float32), xd.new_empty(m, dtype=torch.float32)
@@ -90,7 +90,7 @@ def main():
         addresses = [t.data_ptr() for t in (dy, xd, weight, mean, rstd, dx, dweight, dbias, *scratch)]
         stream = torch._C._cuda_getCurrentRawStream(0)
         print(f"   backward launches: {[(getattr(l, 'kernel', None) and l.kernel.name, getattr(l, 'grid', None)) for l in bound.launches]}")
-        behind_sleep("CudaLauncher.launch of the backward", lambda: runner.launcher.launch(bound, addresses, stream))
+        behind_sleep("GpuLauncher.launch of the backward", lambda: runner.launcher.launch(bound, addresses, stream))
         behind_sleep("torch.empty of 1 byte", lambda: torch.empty(1, dtype=torch.uint8, device="cuda"))
 
     parts("direct path alone in the process")

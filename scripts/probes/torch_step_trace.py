@@ -6,7 +6,7 @@ primary context).
 For each shape and dtype: steps of y = module(x); y.backward(dy), warmed up,
 then a few profiled. The public pieces are wrapped in record_function ranges
 (iree.sync: the host ordering's wait for torch's stream; binding.run: one
-kernel launch through the binding, CudaBinding's or, with
+kernel launch through the binding, DirectBinding's or, with
 LNBWD_IREE_TORCH_CUDA_PATH=iree, IreeBinding's; iree.call: the runtime's
 launcher on that path); the custom ops show as lnbwd_iree::layer_norm_fwd
 and _bwd. The printed timeline of one step shows where the host waits and
@@ -46,7 +46,7 @@ def labelled(owner, name, label):
 
 def wrap_pieces():
     labelled(ours.HostOrdering, "before", "iree.sync")
-    labelled(ours.CudaBinding, "run", "binding.run")
+    labelled(ours.DirectBinding, "run", "binding.run")
     labelled(ours.IreeBinding, "run", "binding.run")
     labelled(LayerNormKernels, "call", "iree.call")
 

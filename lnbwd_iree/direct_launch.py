@@ -1,18 +1,19 @@
-"""Launches an artifact's kernels directly on a caller's CUDA stream, from its launch plan.
+"""Launches an artifact's kernels directly on a caller's GPU stream, from its launch plan.
 
 IREE 3.13's cuda driver runs on a stream of its own and cannot wait on or
 signal CUDA events, so a call through it synchronises the host twice. The
 kernels themselves need none of that: a launch plan (``lnbwd_iree.launch_plan``)
 says which kernels an entry point launches, with which grid, constants and
-buffers. ``CudaLauncher`` loads the plan's PTX once per device (CUDA driver API
-through ctypes: nothing to compile at install) and launches on the stream the
-caller names (torch's current stream), in order, without waiting: the
-caller's stream orders everything, as for any of its own kernels, and a CUDA
-graph capture records the launches.
+buffers. ``GpuLauncher`` loads the plan's kernels once per device (the CUDA
+or HIP driver API through ctypes: nothing to compile at install) and
+launches on the stream the caller names (torch's current stream), in order,
+without waiting: the caller's stream orders everything, as for any of its own
+kernels, and a graph capture records the launches.
 
-Kernel ABI (IREE's cuda command buffer): one 64-bit device pointer per
-binding (buffer address plus the binding's offset), then one 32-bit value per
-constant; block dims and dynamic shared memory from the executable's export."""
+Kernel ABI (IREE's cuda and hip stream command buffers): one 64-bit device
+pointer per binding (buffer address plus the binding's offset), then one
+32-bit value per constant; block dims from the executable's export, dynamic
+shared memory from it on CUDA and none on HIP (IREE's hip driver passes 0)."""
 
 from __future__ import annotations
 
@@ -26,82 +27,130 @@ from .launch_plan import Copy, EntryPlan, LaunchPlan, evaluate, f32_bits
 from .recent import SHAPES_KEPT, RecentlyUsed
 from .runtime import serving_specialization
 from .specialization import Kernel
-from .targets import target_for
+from .targets import Target
 
 _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 
 
-class CudaError(RuntimeError):
-    """A CUDA driver call failed; the message names the call and the error."""
+class GpuError(RuntimeError):
+    """A GPU driver call failed; the message names the call and the error."""
 
 
-class CudaDriver:
-    """The few CUDA driver API calls the launcher makes (libcuda through ctypes)."""
+@dataclass(frozen=True)
+class DriverAPI:
+    """How one GPU driver API spells the calls the launcher makes."""
 
-    def __init__(self, library: str = "libcuda.so.1"):
-        try:
-            self.lib = ctypes.CDLL(library)
-        except OSError as e:
-            raise CudaError(f"the CUDA driver library {library} could not be loaded ({e})") from None
+    name: str  # "CUDA" or "HIP"
+    library: str
+    executable_format: str  # the launch plan executables it loads
+    calls: dict  # role -> the API's function name
+    dynamic_shared_memory: bool  # whether launches pass the export's dynamic shared memory
+
+
+CUDA = DriverAPI("CUDA", "libcuda.so.1", "cuda-nvptx-fb", {
+    "init": "cuInit", "device_get": "cuDeviceGet", "primary_context": "cuDevicePrimaryCtxRetain",
+    "push": "cuCtxPushCurrent_v2", "pop": "cuCtxPopCurrent_v2", "current": "cuCtxGetCurrent",
+    "load": "cuModuleLoadDataEx", "function": "cuModuleGetFunction", "set_attribute": "cuFuncSetAttribute",
+    "launch": "cuLaunchKernel", "copy": "cuMemcpyDtoDAsync_v2", "error_name": "cuGetErrorName",
+}, dynamic_shared_memory=True)
+HIP = DriverAPI("HIP", "libamdhip64.so", "rocm-hsaco-fb", {
+    "init": "hipInit", "device_get": "hipDeviceGet", "primary_context": "hipDevicePrimaryCtxRetain",
+    "push": "hipCtxPushCurrent", "pop": "hipCtxPopCurrent", "current": "hipCtxGetCurrent",
+    "load": "hipModuleLoadData", "function": "hipModuleGetFunction", "set_attribute": None,
+    "launch": "hipModuleLaunchKernel", "copy": "hipMemcpyDtoDAsync", "error_name": "hipGetErrorName",
+}, dynamic_shared_memory=False)
+# The driver API that launches each launch-plan backend's artifacts.
+BACKEND_APIS = {"cuda": CUDA, "rocm": HIP}
+
+
+class GpuDriver:
+    """The few driver API calls the launcher makes, through ctypes (``lib``:
+    the loaded library, or a stand-in with the same functions)."""
+
+    def __init__(self, api: DriverAPI, lib=None):
+        self.api = api
+        if lib is None:
+            try:
+                lib = ctypes.CDLL(api.library)
+            except OSError as e:
+                raise GpuError(f"the {api.name} driver library {api.library} could not be loaded ({e})") from None
+        self.lib = lib
         p, u, i = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int
-        self._declare("cuInit", u)
-        self._declare("cuDeviceGet", ctypes.POINTER(i), i)
-        self._declare("cuDevicePrimaryCtxRetain", ctypes.POINTER(p), i)
-        self._declare("cuCtxPushCurrent_v2", p)
-        self._declare("cuCtxPopCurrent_v2", ctypes.POINTER(p))
-        self._declare("cuCtxGetCurrent", ctypes.POINTER(p))
-        self._declare("cuModuleLoadDataEx", ctypes.POINTER(p), ctypes.c_char_p, u, ctypes.POINTER(i), ctypes.POINTER(p))
-        self._declare("cuModuleGetFunction", ctypes.POINTER(p), p, ctypes.c_char_p)
-        self._declare("cuFuncSetAttribute", p, i, i)
-        self._declare("cuLaunchKernel", p, u, u, u, u, u, u, u, p, ctypes.POINTER(p), p)
-        self._declare("cuMemcpyDtoDAsync_v2", ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, p)
-        self._declare("cuGetErrorName", i, ctypes.POINTER(ctypes.c_char_p))
-        self.check(self.lib.cuInit(0), "cuInit")
+        load = (ctypes.POINTER(p), ctypes.c_char_p, u, ctypes.POINTER(i), ctypes.POINTER(p)) if api is CUDA else \
+            (ctypes.POINTER(p), ctypes.c_char_p)
+        self.init = self._declare("init", u)
+        self.device_get = self._declare("device_get", ctypes.POINTER(i), i)
+        self.primary = self._declare("primary_context", ctypes.POINTER(p), i)
+        self.push = self._declare("push", p)
+        self.pop = self._declare("pop", ctypes.POINTER(p))
+        self.current = self._declare("current", ctypes.POINTER(p))
+        self.load = self._declare("load", *load)
+        self.get_function = self._declare("function", ctypes.POINTER(p), p, ctypes.c_char_p)
+        self.set_attribute = self._declare("set_attribute", p, i, i) if api.calls["set_attribute"] else None
+        self.launch_kernel = self._declare("launch", p, u, u, u, u, u, u, u, p, ctypes.POINTER(p), p)
+        self.copy = self._declare("copy", ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, p)
+        if api is CUDA:
+            self._error_name = self._declare("error_name", i, ctypes.POINTER(ctypes.c_char_p))
+        else:
+            self._error_name = getattr(lib, api.calls["error_name"])
+            self._error_name.argtypes, self._error_name.restype = [i], ctypes.c_char_p
+        self.check(self.init(0), api.calls["init"])
 
-    def _declare(self, name: str, *argtypes) -> None:
-        function = getattr(self.lib, name)
+    def _declare(self, role: str, *argtypes):
+        function = getattr(self.lib, self.api.calls[role])
         function.argtypes = argtypes
         function.restype = ctypes.c_int
+        return function
 
     def error_name(self, status: int) -> str:
-        name = ctypes.c_char_p()
-        if self.lib.cuGetErrorName(status, ctypes.byref(name)) == 0 and name.value:
-            return name.value.decode()
-        return f"CUresult {status}"
+        if self.api is CUDA:
+            name = ctypes.c_char_p()
+            found = self._error_name(status, ctypes.byref(name)) == 0 and name.value
+        else:
+            name = ctypes.c_char_p(self._error_name(status))
+            found = bool(name.value)
+        return name.value.decode() if found else f"{self.api.name} error {status}"
 
     def check(self, status: int, what: str) -> None:
         if status != 0:
-            raise CudaError(f"{what} failed: {self.error_name(status)}")
+            raise GpuError(f"{what} failed: {self.error_name(status)}")
 
     def primary_context(self, ordinal: int) -> ctypes.c_void_p:
         device, context = ctypes.c_int(), ctypes.c_void_p()
-        self.check(self.lib.cuDeviceGet(ctypes.byref(device), ordinal), f"cuDeviceGet({ordinal})")
-        self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
+        calls = self.api.calls
+        self.check(self.device_get(ctypes.byref(device), ordinal), f"{calls['device_get']}({ordinal})")
+        self.check(self.primary(ctypes.byref(context), device), calls["primary_context"])
         return context
 
     def load_module(self, context, image: bytes, what: str) -> ctypes.c_void_p:
-        """``image`` (NUL-terminated PTX) loaded into ``context``, with the JIT's error log on failure."""
-        log = ctypes.create_string_buffer(8192)
-        # CU_JIT_ERROR_LOG_BUFFER = 5, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6
-        options = (ctypes.c_int * 2)(5, 6)
-        values = (ctypes.c_void_p * 2)(ctypes.cast(log, ctypes.c_void_p), ctypes.c_void_p(len(log)))
+        """``image`` (NUL-terminated PTX, or HSACO) loaded into ``context``; on
+        CUDA with the JIT's error log on failure."""
         module = ctypes.c_void_p()
-        self.check(self.lib.cuCtxPushCurrent_v2(context), "cuCtxPushCurrent")
+        log = ctypes.create_string_buffer(8192)
+        self.check(self.push(context), self.api.calls["push"])
         try:
-            status = self.lib.cuModuleLoadDataEx(ctypes.byref(module), image, 2, options, values)
+            if self.api is CUDA:
+                # CU_JIT_ERROR_LOG_BUFFER = 5, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6
+                options = (ctypes.c_int * 2)(5, 6)
+                values = (ctypes.c_void_p * 2)(ctypes.cast(log, ctypes.c_void_p), ctypes.c_void_p(len(log)))
+                status = self.load(ctypes.byref(module), image, 2, options, values)
+            else:
+                status = self.load(ctypes.byref(module), image)
         finally:
-            self.lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+            self.pop(ctypes.byref(ctypes.c_void_p()))
         if status != 0:
-            raise CudaError(f"cuModuleLoadDataEx of {what} failed: {self.error_name(status)}: "
-                            f"{log.value.decode(errors='replace').strip()}")
+            detail = log.value.decode(errors="replace").strip()
+            raise GpuError(f"{self.api.calls['load']} of {what} failed: {self.error_name(status)}"
+                           + (f": {detail}" if detail else ""))
         return module
 
     def function(self, module, name: str, shared_memory: int) -> ctypes.c_void_p:
         function = ctypes.c_void_p()
-        self.check(self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode()),
-                   f"cuModuleGetFunction({name})")
-        self.check(self.lib.cuFuncSetAttribute(function, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                               shared_memory), f"cuFuncSetAttribute({name})")
+        self.check(self.get_function(ctypes.byref(function), module, name.encode()),
+                   f"{self.api.calls['function']}({name})")
+        if self.set_attribute is not None:
+            self.check(self.set_attribute(function, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_memory),
+                       f"{self.api.calls['set_attribute']}({name})")
         return function
 
 
@@ -154,12 +203,12 @@ class BoundEntry:
     launches: tuple  # _Launch and _Copy, in order
 
 
-class CudaLauncher:
-    """Launch plans loaded on one CUDA device (its primary context, the one
-    the CUDA runtime and torch use), launched on caller-given streams."""
+class GpuLauncher:
+    """Launch plans loaded on one GPU (its primary context, the one the CUDA
+    or HIP runtime and torch use), launched on caller-given streams."""
 
-    def __init__(self, ordinal: int, driver: CudaDriver | None = None):
-        self.driver = driver or CudaDriver()
+    def __init__(self, ordinal: int, driver: GpuDriver):
+        self.driver = driver
         self.ordinal = ordinal
         self.context = self.driver.primary_context(ordinal)
         # Keyed by the artifact a plan was read from, which (unlike id(plan))
@@ -176,8 +225,10 @@ class CudaLauncher:
                 if kernel is None:
                     loaded = {}
                     source = plan.executables[executable]
-                    if source.format != "cuda-nvptx-fb":
-                        raise CudaError(f"executable {executable} is {source.format}, not CUDA PTX")
+                    api = self.driver.api
+                    if source.format != api.executable_format:
+                        raise GpuError(f"executable {executable} is {source.format}; the {api.name} launcher"
+                                       f" loads {api.executable_format}")
                     for kernel_name, export in source.kernels.items():
                         if export.module not in loaded:
                             loaded[export.module] = self.driver.load_module(
@@ -228,20 +279,22 @@ class CudaLauncher:
         legacy default stream). ``addresses``: the device addresses of the
         call's tensors (in ``bind``'s order), then of the transients buffer, then
         of each allocation."""
-        lib = self.driver.lib
+        driver = self.driver
+        shared = driver.api.dynamic_shared_memory
         for launch in bound.launches:
             if isinstance(launch, _Copy):
                 (source, source_offset), (target, target_offset) = launch.source, launch.target
                 args = (addresses[target] + target_offset, addresses[source] + source_offset, launch.length, stream)
-                self._call(lib.cuMemcpyDtoDAsync_v2, args, launch)
+                self._call(driver.copy, args, launch)
                 continue
             kernel = launch.kernel
             with launch.lock:
                 pointers = launch.pointers
                 for i, (slot, offset) in enumerate(launch.sources):
                     pointers[i] = addresses[slot] + offset
-                args = (kernel.function, *launch.grid, *kernel.block, kernel.shared_memory, stream, launch.params, None)
-                self._call(lib.cuLaunchKernel, args, launch)
+                args = (kernel.function, *launch.grid, *kernel.block, kernel.shared_memory if shared else 0, stream,
+                        launch.params, None)
+                self._call(driver.launch_kernel, args, launch)
 
     def _call(self, function, args, launch) -> None:
         status = function(*args)
@@ -250,36 +303,40 @@ class CudaLauncher:
         if self._foreign_context():
             # Another device's context is current on this thread: run in ours,
             # leaving the caller's current context as it was.
-            lib = self.driver.lib
-            self.driver.check(lib.cuCtxPushCurrent_v2(self.context), "cuCtxPushCurrent")
+            driver = self.driver
+            driver.check(driver.push(self.context), driver.api.calls["push"])
             try:
                 status = function(*args)
             finally:
-                lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+                driver.pop(ctypes.byref(ctypes.c_void_p()))
         if isinstance(launch, _Copy):
-            what = f"cuMemcpyDtoDAsync of {launch.length} bytes"
+            what = f"{self.driver.api.calls['copy']} of {launch.length} bytes"
         else:
-            what = f"cuLaunchKernel of {launch.kernel.name} (grid {launch.grid}, block {launch.kernel.block})"
+            what = (f"{self.driver.api.calls['launch']} of {launch.kernel.name} (grid {launch.grid},"
+                    f" block {launch.kernel.block})")
         self.driver.check(status, what)
 
     def _foreign_context(self) -> bool:
         current = ctypes.c_void_p()
-        return self.driver.lib.cuCtxGetCurrent(ctypes.byref(current)) == 0 and current.value != self.context.value
+        return self.driver.current(ctypes.byref(current)) == 0 and current.value != self.context.value
 
 
 class DirectRunner:
-    """Runs any kernel's entry point on a caller's CUDA stream: the artifact
-    that serves the call shape is found (or built) as for
-    ``LayerNormKernels("cuda")`` (``runtime.serving_specialization``), its
+    """Runs any kernel's entry point on a caller's stream of ``target``'s GPU
+    (cuda, or rocm through HIP): the artifact that serves the call shape is
+    found (or built) as for ``LayerNormKernels`` (``runtime.serving_specialization``), its
     launch plan bound once per (entry, dtype, shape, scalars), then launched.
     Tensors are anything with ``shape`` and ``data_ptr()`` (torch tensors);
     scratch comes from the caller's ``allocate(nbytes)``, whose result must
     stay usable by work queued on the stream after its release (torch's
     caching allocator does this for its current stream)."""
 
-    def __init__(self, ordinal: int, static_shapes: bool | None = None, store: ArtifactStore | None = None):
-        self.launcher = CudaLauncher(ordinal)
-        self.target = target_for("cuda")
+    def __init__(self, ordinal: int, target: Target, static_shapes: bool | None = None,
+                 store: ArtifactStore | None = None, driver: GpuDriver | None = None):
+        if not target.has_launch_plans:
+            raise ValueError(f"{target.name} artifacts have no launch plans; direct launches need cuda or rocm")
+        self.launcher = GpuLauncher(ordinal, driver or GpuDriver(BACKEND_APIS[target.backend]))
+        self.target = target
         self.store = store or ArtifactStore()
         self.static_shapes = static_shapes
         self._plans = RecentlyUsed(SHAPES_KEPT)  # Specialization -> LaunchPlan
