@@ -94,8 +94,11 @@ def stats_barrier(spec: Specialization, needed: bool) -> str:
     )
 
 
-def statistics_fields(configs: RowConfigs | None) -> dict[str, str]:
-    """row_statistics.mlir's fields: the row dispatch's schedule, or IREE's choice."""
+def statistics_fields(spec: Specialization, target: Target, configs: RowConfigs | None) -> dict[str, str]:
+    """row_statistics.mlir's fields: the row dispatch's schedule, or IREE's
+    choice; long rows on CPUs take the two-level row sums instead."""
+    if schedules.blocked_row_sums(spec, target):
+        return {"ROW_STATISTICS": "row_statistics_blocked.mlir", "ROW_SUM_BLOCKED": "row_sum_blocked.mlir"}
     return {
         "ROW_STATISTICS": "row_statistics.mlir",
         "STATS_SUM_CONFIG": configs.reduction if configs else "",
@@ -107,7 +110,7 @@ def forward_fields(spec: Specialization, target: Target, schedule: tuple[int, in
     """The forward's fields for ``schedule`` ((subgroups, step, rows) of
     ``schedules.row_configs``, or None for IREE's choice)."""
     configs = schedules.row_configs(spec, target, *schedule) if schedule is not None else None
-    return {**statistics_fields(configs), "FORWARD_Y_CONFIG": configs.elementwise if configs else ""}
+    return {**statistics_fields(spec, target, configs), "FORWARD_Y_CONFIG": configs.elementwise if configs else ""}
 
 
 def forward_design(spec: Specialization, target: Target) -> dict[str, str]:
@@ -122,7 +125,7 @@ def backward_fields(spec: Specialization, target: Target, one_pass: SteppedBlock
     # change 40).
     products = "fused" if ITEMSIZE[spec.dtype] == 2 else "separate"
     fields = {
-        **statistics_fields(None),
+        **statistics_fields(spec, target, None),
         "ROW_SUM_GC_XHAT_BODY": "row_sum_gc_xhat_body.mlir",
         "GC_TERM": f"gc_term_{products}.mlir",
         "DX_BODY": "dx_body.mlir",

@@ -39,11 +39,16 @@ def forward_fields(spec: Specialization, target: Target, schedule: tuple[int, in
     ``schedules.row_configs``, or None for IREE's choice): its one row
     reduction takes the root's schedule."""
     configs = schedules.row_configs(spec, target, *schedule) if schedule is not None else None
-    return {
-        "RMS_STATISTICS": "rms_statistics.mlir",
-        "RMS_SQ_SUM_CONFIG": configs.root if configs else "",
-        "RMS_Y_CONFIG": configs.elementwise if configs else "",
-    }
+    return {**statistics_fields(spec, target, configs.root if configs else ""),
+            "RMS_Y_CONFIG": configs.elementwise if configs else ""}
+
+
+def statistics_fields(spec: Specialization, target: Target, sq_sum_config: str) -> dict[str, str]:
+    """rms_statistics.mlir's fields (its row reduction's schedule, or IREE's
+    choice); long rows on CPUs take the two-level row sum instead."""
+    if schedules.blocked_row_sums(spec, target):
+        return {"RMS_STATISTICS": "rms_statistics_blocked.mlir", "ROW_SUM_BLOCKED": "row_sum_blocked.mlir"}
+    return {"RMS_STATISTICS": "rms_statistics.mlir", "RMS_SQ_SUM_CONFIG": sq_sum_config}
 
 
 def forward_design(spec: Specialization, target: Target) -> dict[str, str]:
@@ -54,8 +59,7 @@ def backward_fields(spec: Specialization, target: Target, one_pass: schedules.Ro
     """The backward's fields: one pass over ``one_pass``'s row blocks, or two passes for None."""
     # Both designs take the bodies of the per-row sum of g * x_hat and of dX.
     fields = {
-        "RMS_STATISTICS": "rms_statistics.mlir",
-        "RMS_SQ_SUM_CONFIG": "",
+        **statistics_fields(spec, target, ""),
         "RMS_ROW_SUM_BODY": "rms_row_sum_g_xhat_body.mlir",
         "RMS_DX_BODY": "rms_dx_body.mlir",
     }

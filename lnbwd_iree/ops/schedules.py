@@ -24,6 +24,20 @@ from ..template import render
 ROW_IN_REGISTERS = 16384
 
 
+# Rows longer than this have their statistics' row sums taken in two levels
+# on CPU-like backends (row_sum_blocked.mlir): there a plain row reduction is
+# one f32 chain of N terms, 3e-5 off at N = 2^18 and 2e-4 at 2^20. Only
+# artifacts of a static N take it: at N = 16384 it cost the forward 18% and
+# on the dynamic-N artifact 50% at N = 4096 (docs/performance.md, "Long rows
+# in f32"). GPU schedules split a row over a workgroup's threads already.
+BLOCKED_ROW_SUMS_ABOVE = 16384
+
+
+def blocked_row_sums(spec: Specialization, target: Target) -> bool:
+    """Whether the row statistics sum in two levels."""
+    return not target.is_gpu and spec.n is not None and spec.n > BLOCKED_ROW_SUMS_ABOVE
+
+
 @dataclass(frozen=True)
 class RowConfigs:
     """The schedule of a row dispatch, as template field values: its row

@@ -1,0 +1,36 @@
+"""Very long f32 rows on the CPU (llvm-cpu): the forward's row sums are taken
+in two levels (row_sum_blocked.mlir), so y and the statistics stay near the
+f32 bound where one f32 chain per row was 3e-5 off at N = 2^18 and 2e-4 at 2^20."""
+
+import numpy as np
+import pytest
+
+from lnbwd_iree import LayerNormKernels
+from lnbwd_iree.reference import forward_reference, relative_error, rmsnorm_forward_reference
+
+# A few rounding errors of f32 (2^-24 each), far below the one-chain errors above.
+LONG_ROW_TOLERANCE = 2e-6
+
+
+@pytest.fixture(scope="module")
+def cpu(cache_dir):
+    try:
+        return LayerNormKernels("local-task", cache_dir=cache_dir)
+    except RuntimeError as e:
+        pytest.skip(f"local-task: {e}")
+
+
+@pytest.mark.parametrize("n", [2**18, 2**20], ids=["2^18", "2^20"])
+def test_long_rows_keep_f32_accuracy(cpu, n):
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((2, n)) * 2 + 0.5).astype(np.float32)
+    gamma = (1 + 0.5 * rng.standard_normal(n)).astype(np.float32)
+    beta = rng.standard_normal(n).astype(np.float32)
+    got = [np.asarray(r.to_host()) for r in cpu.forward(x, gamma, beta, eps=1e-5)]
+    for name, g, want in zip(("y", "mean", "rstd"), got, forward_reference(x, gamma, beta, eps=1e-5)):
+        assert relative_error(g, want) < LONG_ROW_TOLERANCE, name
+    got = [np.asarray(r.to_host()) for r in cpu.rmsnorm_forward(x, gamma, eps=1e-6)]
+    for name, g, want in zip(("y", "rstd"), got, rmsnorm_forward_reference(x, gamma, eps=1e-6)):
+        assert relative_error(g, want) < LONG_ROW_TOLERANCE, f"rmsnorm {name}"
