@@ -1,15 +1,17 @@
 """Very long f32 rows on the CPU (llvm-cpu): the forward's row sums are taken
 in two levels (row_sum_blocked.mlir), so y and the statistics stay near the
-f32 bound where one f32 chain per row was 3e-5 off at N = 2^18 and 2e-4 at 2^20."""
+f32 tolerance where one f32 chain per row was 3e-5 off at N = 2^18 and 2e-4 at 2^20."""
 
 import numpy as np
 import pytest
 
 from lnbwd_iree import LayerNormKernels
-from lnbwd_iree.reference import forward_reference, relative_error, rmsnorm_forward_reference
+from lnbwd_iree.reference import TOLERANCE, forward_reference, relative_error, rmsnorm_forward_reference
 
-# A few rounding errors of f32 (2^-24 each), far below the one-chain errors above.
-LONG_ROW_TOLERANCE = 2e-6
+# The f32 bound every other test holds the kernels to; the one-chain sums
+# exceed it 3x at 2^18 and 24x at 2^20 (the mean, pivot-shifted, is the
+# loosest result now: ~2e-6).
+LONG_ROW_TOLERANCE = TOLERANCE["f32"]
 
 
 @pytest.fixture(scope="module")
