@@ -8,7 +8,8 @@ it, while a null-launch step costs ~90 µs on a 2-core CPU and the kernels
 replay from a CUDA graph in 26 µs. Each part is timed on the host with the
 GPU kept busy behind a sleep, so a part that waits for the GPU shows the
 sleep's length: the module step (each of several steps alone, to see which
-blocks), DirectRunner.run of the forward and backward, GpuLauncher.launch
+blocks), its forward alone, its backward alone, the step on a side stream
+(not the legacy default stream), DirectRunner.run of the forward and backward, GpuLauncher.launch
 alone, one torch.empty, torch's own step; then the same after an IREE cuda
 device is opened in the process (IREE's runtime holds a stream and a thread
 of its own); then a cProfile of module steps.
@@ -19,6 +20,7 @@ python3 scripts/probes/direct_host_time.py --shape 4096x1024 --dtype f32
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import time
 
@@ -66,7 +68,9 @@ def main():
               f"  (first {each[0]:.1f}; sleep {sleep_us:.0f} us){waited}", flush=True)
 
     binding = ours.binding_for(x.device)
-    print(f"binding {type(binding).__name__}, path {ours.gpu_path()}, torch {torch.__version__}")
+    print(f"binding {type(binding).__name__}, path {ours.gpu_path()}, torch {torch.__version__}, "
+          f"CUDA_MODULE_LOADING={os.environ.get('CUDA_MODULE_LOADING')}, "
+          f"CUDA_LAUNCH_BLOCKING={os.environ.get('CUDA_LAUNCH_BLOCKING')}")
     xd = x.detach()
     weight, bias = module.weight.detach(), module.bias.detach()
     y, mean, rstd = torch.empty_like(xd), xd.new_empty(m, dtype=torch.float32), xd.new_empty(m, dtype=torch.float32)
@@ -78,9 +82,24 @@ def main():
     def backward():
         binding.run(LAYERNORM_BACKWARD, "layernorm_backward", (dy, xd, weight, mean, rstd), (dx, dweight, dbias), {})
 
+    def forward_only():
+        module(x)
+
+    def backward_only():
+        # A forward made before the sleep; each call runs the backward of a fresh one.
+        torch.autograd.grad(pending.pop(), [x, module.weight, module.bias], dy)
+
+    pending = []
+
     def parts(when):
         print(f"== {when}")
         behind_sleep("module step (fwd + bwd)", step)
+        behind_sleep("module forward alone", forward_only)
+        pending[:] = [module(x) for _ in range(21)]
+        behind_sleep("module backward alone", backward_only)
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):  # not the legacy default stream
+            behind_sleep("module step on a side stream", step)
         behind_sleep("torch.nn.LayerNorm step", lambda: step(theirs))
         behind_sleep("binding.run forward", forward)
         behind_sleep("binding.run backward", backward)
