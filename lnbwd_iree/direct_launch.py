@@ -209,8 +209,7 @@ class GpuLauncher:
 
     def __init__(self, ordinal: int, driver: GpuDriver):
         self.driver = driver
-        self.ordinal = ordinal
-        self.context = self.driver.primary_context(ordinal)
+        self.context = driver.primary_context(ordinal)
         # Keyed by the artifact a plan was read from, which (unlike id(plan))
         # no other plan can take over once that plan is garbage-collected.
         self._kernels: dict[tuple[Hashable, str, str], _Kernel] = {}

@@ -28,6 +28,7 @@ and ``["alloc", j]`` (the j-th buffer the function allocates on its queue)."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import struct
@@ -415,6 +416,7 @@ class _Module:
                 self.functions[function["name"]] = (arg_types, body)
             i += 1
 
+    @functools.cached_property
     def recorders(self) -> dict[str, str]:
         """Command-buffer globals that ``__init`` fills by calling a function (IREE's
         memoized command buffers) -> that function's name."""
@@ -692,7 +694,7 @@ class _Reader:
     def execute_recorded(self, operands: list[str]) -> None:
         """A command buffer recorded at load time, run with this call's binding table."""
         command_buffer = self.value(operands[4])
-        recorder = self.module.recorders().get(command_buffer[1]) if command_buffer[0] == "global" else None
+        recorder = self.module.recorders.get(command_buffer[1]) if command_buffer[0] == "global" else None
         if recorder is None:
             raise self.fail("queue.execute.indirect of a command buffer that __init does not record")
         if self.number(operands[5]) != 0:

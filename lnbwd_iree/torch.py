@@ -72,11 +72,14 @@ def gpu_path() -> str:
     return path
 
 
+# Read once: the ops' tags below are fixed when they are registered, and the
+# bindings must take the path the tags describe.
+GPU_PATH = gpu_path()
 # Through IREE's runtime the ops synchronise with the host (cuda driver) or
 # with IREE's queue (hip): a CUDA graph replay would skip that and IREE's
 # submission. The direct launches are plain kernels on torch's stream, which
 # graphs capture.
-_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if gpu_path() == "iree" else ()
+_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if GPU_PATH == "iree" else ()
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -373,7 +376,7 @@ def binding_for(torch_device: torch.device) -> IreeBinding | DirectBinding:
         key = ("cpu",)
     elif torch_device.type == "cuda":
         index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
-        per_stream = torch.version.hip and gpu_path() == "iree"
+        per_stream = torch.version.hip and GPU_PATH == "iree"
         key = ("cuda", index, torch.cuda.current_stream(index).cuda_stream if per_stream else None)
     else:
         raise NotImplementedError(f"lnbwd_iree.torch runs on CPU and CUDA/ROCm tensors, got a {torch_device} tensor")
@@ -384,7 +387,7 @@ def binding_for(torch_device: torch.device) -> IreeBinding | DirectBinding:
             if binding is None:
                 if key[0] == "cpu":
                     binding = IreeBinding(kernels_for("local-task"), HostOrdering(torch_device))
-                elif gpu_path() == "direct":
+                elif GPU_PATH == "direct":
                     binding = DirectBinding(torch.device("cuda", key[1]))
                 else:
                     binding = _open_gpu(torch_device)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from lnbwd_iree.bench import Bench, parse_shape, time_interleaved
-from lnbwd_iree.torch import IreeBinding, LayerNorm, RMSNorm, binding_for, gpu_path
+from lnbwd_iree.torch import GPU_PATH, IreeBinding, LayerNorm, RMSNorm, binding_for
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -78,7 +78,7 @@ def host_us(step, n_sets, synchronize, device, steps=20):
     GPU sleep, so the host waits only where the implementation makes it."""
     synchronize()
     if device == "cuda":
-        torch.cuda._sleep(100_000_000)  # ~60 ms at H100 clocks: longer than the steps' host time
+        torch.cuda._sleep(100_000_000)  # ~50 ms at H100 clocks: longer than the steps' host time
     start = time.perf_counter()
     for i in range(steps):
         step(i % n_sets)
@@ -352,7 +352,7 @@ def main(argv=None):
     copy_gbps, l2 = figures.copy_gbps, figures.l2_bytes
     log(f"device {figures.name}: copy {copy_gbps:.0f} GB/s, L2 {l2 >> 20} MiB, torch {torch.__version__}")
     report = {"device": figures.name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-              "copy_gbps": copy_gbps, "gpu_path": gpu_path() if device == "cuda" else None,
+              "copy_gbps": copy_gbps, "gpu_path": GPU_PATH if device == "cuda" else None,
               "timing": f"bench.time_interleaved, median of {args.trials} trials",
               "layer_norm": [], "crossings": [], "block": []}
     for m, n in shapes:

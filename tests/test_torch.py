@@ -575,7 +575,7 @@ def test_ddp_on_two_processes_matches_one_process_on_the_whole_batch(tmp_path):
 def test_ops_are_kept_out_of_cuda_graphs_only_through_iree():
     """Through IREE's runtime the ops synchronise with the host or IREE's queue,
     which a CUDA graph replay would skip; the direct launches are capturable."""
-    through_iree = bool(torch.version.hip) or ours_module.gpu_path() == "iree"
+    through_iree = ours_module.GPU_PATH == "iree"
     for op in (torch.ops.lnbwd_iree.layer_norm_fwd.default, torch.ops.lnbwd_iree.layer_norm_bwd.default,
                torch.ops.lnbwd_iree.rms_norm_fwd.default, torch.ops.lnbwd_iree.rms_norm_bwd.default):
         assert (torch.Tag.cudagraph_unsafe in op.tags) == through_iree
@@ -628,7 +628,7 @@ def test_ddp_train_script_with_torchrun_on_two_cpu_processes(tmp_path):
     assert result["ok"]
 
 
-DIRECT_CUDA = [d for d in DEVICES if d != "cpu" and not torch.version.hip and ours_module.gpu_path() == "direct"]
+DIRECT_CUDA = [d for d in DEVICES if d != "cpu" and not torch.version.hip and ours_module.GPU_PATH == "direct"]
 
 
 @pytest.mark.parametrize("device", DIRECT_CUDA)

@@ -68,7 +68,7 @@ def main():
               f"  (first {each[0]:.1f}; sleep {sleep_us:.0f} us){waited}", flush=True)
 
     binding = ours.binding_for(x.device)
-    print(f"binding {type(binding).__name__}, path {ours.gpu_path()}, torch {torch.__version__}, "
+    print(f"binding {type(binding).__name__}, path {ours.GPU_PATH}, torch {torch.__version__}, "
           f"CUDA_MODULE_LOADING={os.environ.get('CUDA_MODULE_LOADING')}, "
           f"CUDA_LAUNCH_BLOCKING={os.environ.get('CUDA_LAUNCH_BLOCKING')}")
     xd = x.detach()
