@@ -518,6 +518,7 @@ def test_hip_devices_are_created_on_torchs_stream(monkeypatch):
             self.driver, self.chip = driver, chip
 
     monkeypatch.setattr(torch.version, "hip", "6.2")
+    monkeypatch.setattr(ours_module, "GPU_PATH", "iree")  # a ROCm torch's default, read at import
     monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: Stream())
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props(index))
     monkeypatch.setattr(ours_module.ireert, "get_driver", lambda name: Driver())
